@@ -1,0 +1,124 @@
+"""Plotting helpers shared by the chapters. The only minigen module that imports matplotlib.
+
+Every function draws on an ``ax`` (created when omitted), labels its axes, and returns the ax.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from torch import Tensor
+
+__all__ = ["density_1d", "samples_2d", "density_2d", "loss_curve", "optimizer_paths", "grid_2d"]
+
+
+def _ax(ax: Axes | None, figsize: tuple[float, float] = (5, 3.5)) -> Axes:
+    return ax if ax is not None else plt.subplots(figsize=figsize, layout="constrained")[1]
+
+
+def _np(x: Tensor | np.ndarray) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+
+
+def density_1d(samples: Tensor | None = None, target=None, *, model_log_prob=None,
+               bounds: tuple[float, float] = (-3.0, 3.0), bins: int = 100, ax: Axes | None = None,
+               label: str = "model samples", title: str | None = None) -> Axes:
+    """Histogram of 1D ``samples`` ``(n,)`` or ``(n, 1)`` with the exact density of ``target``.
+
+    ``model_log_prob`` (a function ``(m, 1) -> (m,)``) adds the model's own density as a curve.
+    """
+    ax = _ax(ax)
+    t = torch.linspace(*bounds, 600, dtype=torch.float64)[:, None]
+    if samples is not None:
+        ax.hist(_np(samples).ravel(), bins=bins, range=bounds, density=True, alpha=0.45,
+                color="C0", label=label)
+    if model_log_prob is not None:
+        with torch.no_grad():
+            ax.plot(t[:, 0], _np(model_log_prob(t.float()).exp()), "C1", lw=2, label="model density")
+    if target is not None:
+        ax.plot(t[:, 0], target.log_prob(t).exp(), "k--", lw=1.5, label="exact density")
+    ax.set(xlabel="$x$", ylabel="density", xlim=bounds, title=title)
+    ax.legend(frameon=False, fontsize=8)
+    return ax
+
+
+def samples_2d(x: Tensor, *, ax: Axes | None = None, title: str | None = None,
+               bounds: tuple[float, float, float, float] | None = None, s: float = 1.0,
+               color: str = "C0", label: str | None = None, alpha: float = 0.4) -> Axes:
+    """Scatter plot of 2D samples ``(n, 2)``."""
+    ax = _ax(ax, (4, 4))
+    x = _np(x)
+    ax.scatter(x[:, 0], x[:, 1], s=s, c=color, alpha=alpha, label=label, rasterized=True)
+    if bounds is not None:
+        ax.set(xlim=bounds[:2], ylim=bounds[2:])
+    ax.set(xlabel="$x_1$", ylabel="$x_2$", title=title, aspect="equal")
+    if label is not None:
+        ax.legend(frameon=False, fontsize=8, markerscale=5)
+    return ax
+
+
+def grid_2d(bounds: tuple[float, float, float, float], n: int = 200) -> tuple[Tensor, Tensor, Tensor]:
+    """A regular grid: returns ``(X, Y, points)`` with ``X, Y`` ``(n, n)`` and ``points`` ``(n*n, 2)``."""
+    xs = torch.linspace(bounds[0], bounds[1], n)
+    ys = torch.linspace(bounds[2], bounds[3], n)
+    X, Y = torch.meshgrid(xs, ys, indexing="xy")
+    return X, Y, torch.stack([X.reshape(-1), Y.reshape(-1)], 1)
+
+
+def density_2d(log_prob: Callable[[Tensor], Tensor], *,
+               bounds: tuple[float, float, float, float] = (-3, 3, -3, 3), n: int = 200,
+               ax: Axes | None = None, title: str | None = None, cmap: str = "viridis") -> Axes:
+    """Heatmap of the density ``exp(log_prob(points))`` for ``points`` ``(m, 2) -> (m,)``."""
+    ax = _ax(ax, (4, 4))
+    X, Y, pts = grid_2d(bounds, n)
+    with torch.no_grad():
+        z = log_prob(pts).exp().reshape(n, n)
+    ax.pcolormesh(_np(X), _np(Y), _np(z), cmap=cmap, shading="auto", rasterized=True)
+    ax.set(xlabel="$x_1$", ylabel="$x_2$", title=title, aspect="equal")
+    return ax
+
+
+def loss_curve(history: Mapping[str, Tensor | Sequence[float]] | Tensor, *, ax: Axes | None = None,
+               logy: bool = False, smooth: int = 1, title: str | None = None,
+               ylabel: str = "loss") -> Axes:
+    """Loss against step; ``history`` is one curve or a ``{label: curve}`` mapping.
+
+    ``smooth > 1`` draws a moving average over that many steps.
+    """
+    ax = _ax(ax)
+    curves = history if isinstance(history, Mapping) else {"loss": history}
+    for name, h in curves.items():
+        y = _np(torch.as_tensor(h, dtype=torch.float64)).reshape(len(h), -1)[:, 0]
+        if smooth > 1:
+            y = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
+        ax.plot(np.arange(len(y)) + (smooth - 1), y, lw=1, label=name)
+    if logy:
+        ax.set_yscale("log")
+    ax.set(xlabel="step", ylabel=ylabel, title=title)
+    if len(curves) > 1:
+        ax.legend(frameon=False, fontsize=8)
+    return ax
+
+
+def optimizer_paths(f: Callable[[Tensor], Tensor], paths: Mapping[str, Tensor], *,
+                    bounds: tuple[float, float, float, float] = (-2, 2, -1, 3),
+                    optimum: tuple[float, float] | None = None, ax: Axes | None = None,
+                    levels: int = 30, title: str | None = None) -> Axes:
+    """Optimizer trajectories ``{name: (T, 2)}`` drawn on log-spaced contours of ``f((m, 2)) -> (m,)``."""
+    ax = _ax(ax, (6, 4.5))
+    X, Y, pts = grid_2d(bounds, 300)
+    with torch.no_grad():
+        z = _np(f(pts.double()).reshape(X.shape))
+    ax.contour(_np(X), _np(Y), z, levels=np.logspace(-1, np.log10(z.max()), levels),
+               cmap="Greys", linewidths=0.6)
+    for name, path in paths.items():
+        p = _np(path)
+        ax.plot(p[:, 0], p[:, 1], lw=1.2, label=name)
+    if optimum is not None:
+        ax.plot(*optimum, "r*", ms=12, label="minimum")
+    ax.set(xlabel="$x$", ylabel="$y$", xlim=bounds[:2], ylim=bounds[2:], title=title)
+    ax.legend(frameon=False, fontsize=8)
+    return ax
