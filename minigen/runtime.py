@@ -1,13 +1,14 @@
 """Seeding, threads and device selection shared by every chapter."""
 from __future__ import annotations
 
+import json
 import os
 import random
 
 import numpy as np
 import torch
 
-__all__ = ["seed_all", "get_device", "setup", "progress_enabled"]
+__all__ = ["seed_all", "get_device", "setup", "progress_enabled", "report"]
 
 
 def seed_all(seed: int) -> torch.Generator:
@@ -45,3 +46,20 @@ def progress_enabled() -> bool:
     if os.environ.get("MINIGEN_PROGRESS", "1").lower() in ("0", "false", "no"):
         return False
     return not os.environ.get("CI")
+
+
+def report(**figures: float | int | str) -> dict:
+    """Print a chapter's measured figures, one per line, and record them for ``benchmarks/``.
+
+    When the environment variable ``MINIGEN_REPORT`` names a file (the benchmark script sets it),
+    the figures are appended to it as one JSON line. Returns ``figures``.
+    """
+    width = max(len(k) for k in figures)
+    for name, value in figures.items():
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        print(f"{name:<{width}}  {shown}")
+    path = os.environ.get("MINIGEN_REPORT")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(figures) + "\n")
+    return figures
