@@ -26,6 +26,8 @@ __all__ = [
     "eight_gaussians",
     "mixture_2d",
     "two_moons",
+    "torchcfm_8gaussians",
+    "torchcfm_moons",
 ]
 
 
@@ -66,8 +68,9 @@ class GaussianMixture:
                 f"shapes disagree: weights {tuple(self.weights.shape)}, means {(k, d)}, "
                 f"stds {tuple(self.stds.shape)}; expected (K,), (K, d), (K,) or (K, d)"
             )
-        if (self.weights < 0).any() or abs(float(self.weights.sum()) - 1) > 1e-9:
+        if (self.weights < 0).any() or abs(float(self.weights.sum()) - 1) > 1e-6:
             raise ValueError(f"weights must lie on the simplex, got {self.weights.tolist()}")
+        self.weights = self.weights / self.weights.sum()  # float32 round-off only (< 1e-6)
         if (self.stds <= 0).any():
             raise ValueError("stds must be positive")
 
@@ -128,13 +131,16 @@ class GaussianMixture:
 class TwoMoons:
     """Two interleaving half circles with Gaussian noise (the classic two-moons data set).
 
-    Samples are ``scale * (moon + noise * Z) + shift``; there is no closed-form density.
+    Samples are ``scale * (moon + noise * Z + jitter * U (1, 1)) + shift`` with ``Z`` standard
+    normal and ``U`` uniform on [0, 1) (one ``U`` per point, shared by both coordinates, the
+    convention of torchdyn's ``generate_moons``); there is no closed-form density.
     """
 
     noise: float = 0.1
     scale: float = 1.0
     shift: tuple[float, float] = (0.0, 0.0)
     dim: int = 2
+    jitter: float = 0.0
 
     def sample(self, n: int, generator: torch.Generator | None = None,
                dtype: torch.dtype = torch.float32) -> Tensor:
@@ -145,6 +151,8 @@ class TwoMoons:
         y = torch.where(upper, torch.sin(angle), 0.5 - torch.sin(angle))
         pts = torch.stack([x, y], 1) + self.noise * torch.randn(n, 2, generator=generator,
                                                                 dtype=torch.float64)
+        if self.jitter:
+            pts = pts + self.jitter * torch.rand(n, 1, generator=generator, dtype=torch.float64)
         return (self.scale * pts + torch.tensor(self.shift, dtype=torch.float64)).to(dtype)
 
 
@@ -177,3 +185,18 @@ def mixture_2d() -> GaussianMixture:
 def two_moons(noise: float = 0.1) -> TwoMoons:
     """Two moons centred near the origin (``scale=1``, shifted by (-0.5, -0.25))."""
     return TwoMoons(noise=noise, shift=(-0.5, -0.25))
+
+
+# Chapter 7 (flow matching): the targets of torchcfm's 8-Gaussians -> moons benchmark.
+def torchcfm_8gaussians() -> GaussianMixture:
+    """torchcfm's ``sample_8gaussians``: radius 5 and per-coordinate variance ``sqrt(0.1)``.
+
+    torchcfm passes ``sqrt(var) * I`` with ``var = 0.1`` as the *covariance* matrix, so the
+    standard deviation is ``0.1 ** 0.25 = 0.562``, not ``sqrt(0.1) = 0.316``.
+    """
+    return eight_gaussians(radius=5.0, std=0.1**0.25)
+
+
+def torchcfm_moons() -> TwoMoons:
+    """torchcfm's ``sample_moons``: torchdyn moons (noise 0.2, uniform and diagonal) times 3, minus 1."""
+    return TwoMoons(noise=0.0, scale=3.0, shift=(-1.0, -1.0), jitter=0.2)

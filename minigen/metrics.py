@@ -52,8 +52,14 @@ def _cdf_gap(x: Tensor, y: Tensor | Callable[[Tensor], Tensor]) -> tuple[Tensor,
     """Breakpoints ``t`` and ``|F_x - G|`` on them (exact for samples, a fine grid for a CDF)."""
     x = _as_1d(x, "x").double().sort().values
     if callable(y) and not isinstance(y, Tensor):
-        pad = 10 * float(x.std()) if x.numel() > 1 else 1.0
-        t = torch.linspace(float(x[0]) - pad, float(x[-1]) + pad, 200_001, dtype=torch.float64)
+        lo, hi = float(x[0]), float(x[-1])
+        pad = max(hi - lo, 1.0)
+        for _ in range(60):  # widen until the CDF's tails outside [lo, hi] are negligible
+            tails = y(torch.tensor([lo, hi], dtype=torch.float64))
+            if tails[0] < 1e-12 and tails[1] > 1 - 1e-12:
+                break
+            lo, hi = lo - pad * (tails[0] >= 1e-12), hi + pad * (tails[1] <= 1 - 1e-12)
+        t = torch.linspace(lo, hi, 200_001, dtype=torch.float64)
         t = torch.cat([t, x]).sort().values
         return t, (_ecdf(x, t) - y(t)).abs()
     y = _as_1d(y, "y").double().sort().values

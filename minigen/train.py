@@ -75,7 +75,7 @@ def train(model: nn.Module, loss_fn: Callable[[nn.Module, Tensor], Tensor],
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        return float(loss)
+        return loss.item()
 
     model.train()
     history = loop(step_fn, n_steps, desc=desc, progress=progress)

@@ -1,0 +1,39 @@
+"""Seeding, device selection and the figures report."""
+import json
+
+import torch
+
+import minigen
+
+
+def test_setup_makes_runs_reproducible():
+    minigen.setup(seed=5)
+    a = torch.randn(3)
+    minigen.setup(seed=5)
+    assert torch.equal(a, torch.randn(3))
+    assert minigen.get_device().type in ("cpu", "cuda")
+
+
+def test_report_prints_and_records(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "figures.jsonl"
+    monkeypatch.setenv("MINIGEN_REPORT", str(path))
+    minigen.runtime.report(ratio=1.23456, steps=10)
+    assert "ratio  1.235" in capsys.readouterr().out
+    assert json.loads(path.read_text()) == {"ratio": 1.23456, "steps": 10}
+
+
+def test_progress_can_be_switched_off(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setenv("MINIGEN_PROGRESS", "0")
+    assert not minigen.runtime.progress_enabled()
+    monkeypatch.setenv("MINIGEN_PROGRESS", "1")
+    assert minigen.runtime.progress_enabled()
+
+
+def test_importing_minigen_does_not_import_matplotlib_or_pot():
+    import subprocess
+    import sys
+
+    code = "import sys, minigen; print('matplotlib' in sys.modules, 'ot' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

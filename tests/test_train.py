@@ -1,0 +1,53 @@
+"""The training loop: it minimises, records the history, and names the step of a non-finite loss."""
+import pytest
+import torch
+
+from minigen import nn, train
+
+
+def test_train_fits_a_linear_map_and_returns_the_history():
+    torch.manual_seed(0)
+    x = torch.randn(256, 3, dtype=torch.float64)
+    w = torch.tensor([[1.0], [-2.0], [0.5]], dtype=torch.float64)
+    model = torch.nn.Linear(3, 1, bias=False).double()
+    loss_fn = lambda m, batch: ((m(batch) - batch @ w) ** 2).mean()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    history = train.train(model, loss_fn, opt, x, n_steps=200, progress=False)
+    assert history.shape == (200,)
+    assert history[-1] < 1e-10 < history[0]
+    torch.testing.assert_close(model.weight.data, w.T)
+
+
+def test_train_draws_a_fresh_batch_per_step():
+    seen = []
+    model = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    train.train(model, lambda m, b: m(b).sum() * 0, opt, lambda step: seen.append(step) or torch.ones(1, 1),
+                n_steps=5, progress=False)
+    assert seen == [0, 1, 2, 3, 4]
+
+
+def test_non_finite_loss_names_the_step():
+    model = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = lambda m, step_batch: m(step_batch).sum() * (float("nan") if step_batch[0, 0] > 6 else 1.0)
+    with pytest.raises(train.NonFiniteLossError, match="at step 7") as err:
+        train.train(model, loss_fn, opt, lambda step: torch.full((1, 1), float(step)), 20, progress=False)
+    assert err.value.step == 7
+
+
+def test_loop_records_several_losses_and_rejects_infinite_ones():
+    history = train.loop(lambda k: (k, 2 * k), 4, progress=False)
+    torch.testing.assert_close(history, torch.tensor([[0.0, 0], [1, 2], [2, 4], [3, 6]]))
+    with pytest.raises(train.NonFiniteLossError, match=r"\(inf\) at step 2"):
+        train.loop(lambda k: (1.0, float("inf") if k == 2 else 0.0), 4, progress=False)
+    with pytest.raises(ValueError, match="n_steps"):
+        train.loop(lambda k: 0.0, 0)
+
+
+def test_train_updates_every_parameter_of_an_mlp():
+    model = nn.mlp(2, 1, hidden=8, depth=2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    before = [p.detach().clone() for p in model.parameters()]
+    train.train(model, lambda m, b: m(b).pow(2).mean(), opt, torch.randn(16, 2), 3, progress=False)
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
