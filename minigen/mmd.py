@@ -1,22 +1,33 @@
-r"""Kernels and the maximum mean discrepancy between sampled measures.
+r"""Kernels, the kernel scalar product of sampled measures, MMD and the kernel log-likelihood.
 
 For measures :math:`\mu = \sum_i \mu_i \delta_{x_i}` and :math:`\nu = \sum_j \nu_j \delta_{y_j}`
 the kernel scalar product is :math:`\langle \mu, \nu \rangle_k = \sum_{ij} k(x_i, y_j)\mu_i\nu_j`
-and, by bilinearity,
+(book :eq:`eq-mmd-product`) and, by bilinearity (:eq:`eq-mmd-mmd2`),
 
 .. math:: \mathrm{MMD}^2(\mu, \nu) = \langle\mu,\mu\rangle_k - 2\langle\mu,\nu\rangle_k
           + \langle\nu,\nu\rangle_k = \|\mu - \nu\|_k^2 .
 
 The unbiased estimator drops the diagonal terms :math:`k(x_i, x_i)` and :math:`k(y_j, y_j)`.
+Kernels take ``(n, d), (m, d)`` (or ``(n,), (m,)`` in 1D) and return the ``(n, m)`` Gram matrix.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["gaussian_kernel", "mmd2"]
+__all__ = [
+    "gaussian_kernel",
+    "laplace_kernel",
+    "energy_kernel",
+    "kernel_product",
+    "mmd2",
+    "kernel_field",
+    "kernel_nll",
+    "generator_loss",
+]
 
 Kernel = Callable[[Tensor, Tensor], Tensor]
 
@@ -29,33 +40,129 @@ def _as_points(x: Tensor, name: str) -> Tensor:
     return x
 
 
+def _scales(bandwidth: float | Sequence[float]) -> list[float]:
+    sigmas = [bandwidth] if isinstance(bandwidth, (int, float)) else list(bandwidth)
+    if len(sigmas) == 0 or min(sigmas) <= 0:
+        raise ValueError(f"bandwidths must be positive (and at least one), got {sigmas}")
+    return sigmas
+
+
+def _weights(w: Tensor | None, x: Tensor, name: str) -> Tensor:
+    if w is None:
+        return x.new_full((x.shape[0],), 1 / x.shape[0])
+    if w.shape != (x.shape[0],):
+        raise ValueError(f"weights {name} must have shape ({x.shape[0]},), got {tuple(w.shape)}")
+    return w.to(x)
+
+
 def gaussian_kernel(x: Tensor, y: Tensor, bandwidth: float | Sequence[float] = 1.0) -> Tensor:
     r""":math:`k(x, y) = \frac1S\sum_s \exp(-\|x - y\|^2 / 2\sigma_s^2)`; ``(n, d), (m, d) -> (n, m)``.
 
-    A sequence of bandwidths gives the multi-scale kernel (their average).
+    A sequence of bandwidths gives the multi-scale kernel (their average), book :eq:`eq-mmd-kernels`.
     """
     x, y = _as_points(x, "x"), _as_points(y, "y")
     sq = torch.cdist(x, y).pow(2)  # (n, m)
-    sigmas = [bandwidth] if isinstance(bandwidth, (int, float)) else list(bandwidth)
+    sigmas = _scales(bandwidth)
     return sum(torch.exp(-sq / (2 * s**2)) for s in sigmas) / len(sigmas)
 
 
-def mmd2(x: Tensor, y: Tensor, kernel: Kernel | None = None, unbiased: bool = False) -> Tensor:
-    r""":math:`\mathrm{MMD}^2` between the samples ``x`` ``(n, d)`` and ``y`` ``(m, d)`` (uniform weights).
+def laplace_kernel(x: Tensor, y: Tensor, bandwidth: float | Sequence[float] = 1.0) -> Tensor:
+    r""":math:`k(x, y) = \frac1S\sum_s \exp(-\|x - y\| / \sigma_s)`; ``(n, d), (m, d) -> (n, m)`` (:eq:`eq-mmd-kernels`)."""
+    x, y = _as_points(x, "x"), _as_points(y, "y")
+    dist = torch.cdist(x, y)  # (n, m)
+    sigmas = _scales(bandwidth)
+    return sum(torch.exp(-dist / s) for s in sigmas) / len(sigmas)
 
-    Biased (V-statistic, always :math:`\ge 0`) by default; ``unbiased=True`` gives the U-statistic,
-    which can be negative. ``kernel`` defaults to the Gaussian kernel with bandwidth 1.
+
+def energy_kernel(x: Tensor, y: Tensor) -> Tensor:
+    r""":math:`k(x, y) = -\|x - y\|`; ``(n, d), (m, d) -> (n, m)`` (:eq:`eq-mmd-kernels`).
+
+    Only conditionally positive definite, which is enough for measures of equal total mass: its
+    :math:`\mathrm{MMD}^2` is the energy distance :math:`2\E\|X - Y\| - \E\|X - X'\| - \E\|Y - Y'\|`.
+    The distance is smoothed by :math:`10^{-12}` so that its gradient is finite at coincident points.
+    """
+    x, y = _as_points(x, "x"), _as_points(y, "y")
+    sq = (x[:, None, :] - y[None, :, :]).pow(2).sum(-1)  # (n, m)
+    return -(sq + 1e-24).sqrt()
+
+
+def kernel_product(x: Tensor, y: Tensor, kernel: Kernel | None = None, mu: Tensor | None = None,
+                   nu: Tensor | None = None) -> Tensor:
+    r""":math:`\langle\mu, \nu\rangle_k = \sum_{ij} k(x_i, y_j)\,\mu_i \nu_j` (book :eq:`eq-mmd-product`).
+
+    ``x`` ``(n, d)`` with weights ``mu`` ``(n,)``, ``y`` ``(m, d)`` with ``nu`` ``(m,)``; weights
+    default to uniform :math:`1/n`, :math:`1/m`. Returns a 0-d tensor.
+    """
+    x, y = _as_points(x, "x"), _as_points(y, "y")
+    k = kernel or gaussian_kernel
+    return _weights(mu, x, "mu") @ k(x, y) @ _weights(nu, y, "nu")
+
+
+def mmd2(x: Tensor, y: Tensor, kernel: Kernel | None = None, unbiased: bool = False, *,
+         mu: Tensor | None = None, nu: Tensor | None = None) -> Tensor:
+    r""":math:`\mathrm{MMD}^2 = \|\mu - \nu\|_k^2` between the samples ``x`` ``(n, d)`` and ``y`` ``(m, d)``.
+
+    Book :eq:`eq-mmd-mmd2`. Uniform weights unless ``mu`` ``(n,)`` / ``nu`` ``(m,)`` are given.
+    Biased (V-statistic, always :math:`\ge 0` for a positive definite kernel) by default;
+    ``unbiased=True`` gives the U-statistic (:eq:`eq-mmd-unbiased`, uniform weights only), which
+    can be negative. ``kernel`` defaults to the Gaussian kernel with bandwidth 1.
     """
     x, y = _as_points(x, "x"), _as_points(y, "y")
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x and y must have the same dimension, got {x.shape[1]} and {y.shape[1]}")
     k = kernel or gaussian_kernel
-    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
+    if not unbiased:
+        a, b = _weights(mu, x, "mu"), _weights(nu, y, "nu")
+        return a @ k(x, x) @ a - 2 * a @ k(x, y) @ b + b @ k(y, y) @ b
+    if mu is not None or nu is not None:
+        raise ValueError("the unbiased estimator is defined for uniform weights only")
     n, m = x.shape[0], y.shape[0]
-    if unbiased:
-        if n < 2 or m < 2:
-            raise ValueError("the unbiased estimator needs at least 2 points in each sample")
-        xx = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
-        yy = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
-        return xx + yy - 2 * kxy.mean()
-    return kxx.mean() + kyy.mean() - 2 * kxy.mean()
+    if n < 2 or m < 2:
+        raise ValueError("the unbiased estimator needs at least 2 points in each sample")
+    kxx, kyy = k(x, x), k(y, y)
+    xx = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
+    yy = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+    return xx + yy - 2 * k(x, y).mean()
+
+
+def kernel_field(points: Tensor, x: Tensor, y: Tensor, kernel: Kernel | None = None,
+                 mu: Tensor | None = None, nu: Tensor | None = None) -> Tensor:
+    r"""The field :math:`(k \star (\mu - \nu))(p) = \sum_i \mu_i k(p, x_i) - \sum_j \nu_j k(p, y_j)`.
+
+    Book :eq:`eq-mmd-field`: :math:`\nabla_{x_i}\mathrm{MMD}^2 = 2\mu_i \nabla (k\star(\mu-\nu))(x_i)`
+    for a symmetric kernel. ``points`` ``(P, d)``; returns ``(P,)``.
+    """
+    points, x, y = _as_points(points, "points"), _as_points(x, "x"), _as_points(y, "y")
+    k = kernel or gaussian_kernel
+    return k(points, x) @ _weights(mu, x, "mu") - k(points, y) @ _weights(nu, y, "nu")
+
+
+def kernel_nll(x: Tensor, y: Tensor, bandwidth: float = 1.0, mu: Tensor | None = None,
+               nu: Tensor | None = None) -> Tensor:
+    r"""Kernel negative log-likelihood :math:`-\sum_j \nu_j \log \sum_i \mu_i\, \mathcal N(y_j; x_i, \sigma^2 I)`.
+
+    The data ``y`` ``(m, d)`` (weights ``nu``) scored under the model measure ``x`` ``(n, d)``
+    (weights ``mu``, summing to 1) blurred by a Gaussian of std ``bandwidth``; book
+    :eq:`eq-mmd-nll`. Computed with log-sum-exp (:eq:`eq-mmd-lse`), so it stays finite where
+    the plain sum of kernel values underflows to zero. Returns a 0-d tensor.
+    """
+    x, y = _as_points(x, "x"), _as_points(y, "y")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"x and y must have the same dimension, got {x.shape[1]} and {y.shape[1]}")
+    if bandwidth <= 0:
+        raise ValueError(f"bandwidth must be positive, got {bandwidth}")
+    a, b = _weights(mu, x, "mu"), _weights(nu, y, "nu")
+    d = x.shape[1]
+    log_k = -torch.cdist(y, x).pow(2) / (2 * bandwidth**2) - d * math.log(
+        math.sqrt(2 * math.pi) * bandwidth)  # (m, n)
+    return -(torch.logsumexp(log_k + a.log(), dim=1) * b).sum()
+
+
+def generator_loss(generator: nn.Module, y: Tensor, kernel: Kernel, latent_dim: int = 1) -> Tensor:
+    r"""Unbiased :math:`\mathrm{MMD}^2(G_\#\mathcal N(0, I), \text{data})` on a batch (book :eq:`eq-mmd-generator`).
+
+    Draws ``len(y)`` latents :math:`z \sim \mathcal N(0, I_{\text{latent\_dim}})`, pushes them
+    through ``generator`` and compares :math:`G(z)` ``(B, d)`` with the data batch ``y`` ``(B, d)``.
+    """
+    z = torch.randn(y.shape[0], latent_dim, device=y.device, dtype=y.dtype)  # (B, latent_dim)
+    return mmd2(generator(z), y, kernel, unbiased=True)

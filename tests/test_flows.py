@@ -1,0 +1,137 @@
+"""Identities of minigen.flows: every transform in one list (zuko-style)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.autograd.functional import jacobian
+from torch.testing import assert_close
+
+from minigen import data, flows
+
+
+def _randomise(module: torch.nn.Module, seed: int = 0, std: float = 0.3) -> torch.nn.Module:
+    """Move every parameter off its (possibly zero) initial value, so that no gradient is zero by accident."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(std * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return module
+
+
+def _transforms() -> list[tuple[str, flows.Transform, int]]:
+    return [
+        ("affine-1d", flows.Affine(1), 1),
+        ("affine-3d", flows.Affine(3), 3),
+        ("monotone", flows.MonotoneIntegral(hidden=16, depth=2, n_nodes=16), 1),
+        ("coupling-2d", flows.AffineCoupling([1, 0], hidden=16), 2),
+        ("coupling-3d", flows.AffineCoupling([0, 1, 0], hidden=16), 3),
+        ("rotation-3d", flows.Rotation(3, seed=1), 3),
+        ("monotone-flow", flows.monotone_flow(hidden=16), 1),
+        ("coupling-flow", flows.coupling_flow(2, n_layers=3, hidden=16), 2),
+    ]
+
+
+TRANSFORMS = _transforms()
+IDS = [name for name, _, _ in TRANSFORMS]
+
+
+@pytest.fixture(params=range(len(TRANSFORMS)), ids=IDS)
+def case(request) -> tuple[flows.Transform, int]:
+    _, tr, d = _transforms()[request.param]
+    return _randomise(tr.double(), seed=request.param), d
+
+
+def _points(n: int, d: int, seed: int = 0) -> torch.Tensor:
+    return 1.5 * torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_inverse_round_trip(case):
+    tr, d = case
+    x = _points(64, d)
+    z, ld = tr(x)
+    x_back, ld_inv = tr.inverse(z)
+    assert_close(x_back, x, atol=1e-9, rtol=1e-9)
+    assert_close(ld_inv, -ld, atol=1e-9, rtol=1e-9)  # log|det J_{f^-1}(z)| = -log|det J_f(x)|
+
+
+def test_logdet_matches_autograd_jacobian(case):
+    tr, d = case
+    x = _points(6, d, seed=1)
+    _, ld = tr(x)
+    for i in range(len(x)):
+        jac = jacobian(lambda v: tr(v[None])[0][0], x[i])  # (d, d)
+        assert_close(ld[i], torch.linalg.slogdet(jac).logabsdet, atol=1e-9, rtol=1e-9)
+
+
+def test_every_parameter_receives_a_gradient(case):
+    tr, d = case
+    x = _points(32, d, seed=2).requires_grad_()
+    z, ld = tr(x)
+    (z.pow(2).sum() + ld.sum()).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    for name, p in tr.named_parameters():
+        assert p.grad is not None, f"{name} received no gradient"
+        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, f"{name}: gradient is zero"
+
+
+def test_monotone_flow_density_integrates_to_one():
+    flow = _randomise(flows.monotone_flow(hidden=16).double())
+    t = torch.linspace(-25, 25, 20_001, dtype=torch.float64)[:, None]
+    with torch.no_grad():
+        mass = torch.trapezoid(flow.log_prob(t).exp(), t[:, 0])
+    assert_close(mass, torch.tensor(1.0, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_coupling_flow_density_integrates_to_one_on_a_grid():
+    flow = _randomise(flows.coupling_flow(2, n_layers=2, hidden=8), std=0.1).double()
+    s = torch.linspace(-12, 12, 801, dtype=torch.float64)
+    X, Y = torch.meshgrid(s, s, indexing="ij")
+    with torch.no_grad():
+        p = flow.log_prob(torch.stack([X.reshape(-1), Y.reshape(-1)], 1)).exp().reshape(801, 801)
+    mass = torch.trapezoid(torch.trapezoid(p, s, dim=1), s)
+    assert_close(mass, torch.tensor(1.0, dtype=torch.float64), atol=1e-4, rtol=0)
+
+
+def test_gauss_legendre_is_exact_for_polynomials_of_degree_below_2k():
+    s, w = flows.gauss_legendre(8)
+    for degree in range(16):  # int_0^1 s^j ds = 1 / (j + 1)
+        assert_close((w * s**degree).sum(), torch.tensor(1 / (degree + 1), dtype=torch.float64))
+
+
+def test_monotone_integral_matches_a_fine_integral():
+    tr = _randomise(flows.MonotoneIntegral(hidden=16, n_nodes=16).double())
+    x = torch.tensor([[-3.0], [0.7], [2.5]], dtype=torch.float64)
+    with torch.no_grad():
+        for xi, fi in zip(x[:, 0], tr(x)[0][:, 0]):
+            t = torch.linspace(0, float(xi), 20_001, dtype=torch.float64)[:, None]
+            exact = tr.c + torch.trapezoid(tr.integrand(t)[:, 0], t[:, 0])
+            assert_close(fi, exact[0], atol=1e-7, rtol=1e-7)
+
+
+def test_flow_log_prob_is_change_of_variables():
+    flow = _randomise(flows.coupling_flow(2, n_layers=2, hidden=8)).double()
+    x = _points(5, 2)
+    z, ld = flow(x)
+    expected = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1) + ld
+    assert_close(flow.log_prob(x), expected)
+
+
+def test_sample_shape_and_nll_loss():
+    flow = flows.monotone_flow(hidden=8)
+    x = flow.sample(50, torch.Generator().manual_seed(0))
+    assert x.shape == (50, 1) and torch.isfinite(x).all()
+    y = data.mixture_1d().sample(40)
+    assert_close(flows.nll_loss(flow, y), -flow.log_prob(y).mean())
+
+
+def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match="mask must be a 1D 0/1 vector"):
+        flows.AffineCoupling([1, 1])
+    with pytest.raises(ValueError, match=r"x must have shape \(n, 1\)"):
+        flows.MonotoneIntegral()(torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="at least one transform"):
+        flows.Flow([], flows.StandardNormal(1))
+    with pytest.raises(ValueError, match="coupling needs dim >= 2"):
+        flows.coupling_flow(1)
+    with pytest.raises(ValueError, match="n_nodes must be >= 1"):
+        flows.gauss_legendre(0)
