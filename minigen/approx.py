@@ -24,7 +24,7 @@ from torch.nn.functional import softplus
 
 __all__ = ["lp_distance", "relu_interpolant", "random_relu_features", "fit_readout",
            "sawtooth_network", "n_parameters",
-           "width_for_parameters", "HeteroscedasticSine", "gaussian_nll", "mean_variance",
+           "width_for_parameters", "HeteroscedasticSine", "squared_error_loss", "gaussian_nll", "mean_variance",
            "mean_variance_loss", "predictive_band", "coverage"]
 
 Function = Callable[[Tensor], Tensor]
@@ -200,6 +200,23 @@ class HeteroscedasticSine:
         return x, self.mean(x) + self.std(x) * eps
 
 
+def _check_pairs(batch: Tensor) -> None:
+    if batch.dim() != 2 or batch.shape[1] != 2:
+        raise ValueError(f"batch must have shape (B, 2) holding (x, y), got {tuple(batch.shape)}")
+
+
+def squared_error_loss(model: nn.Module, batch: Tensor) -> Tensor:
+    r"""Mean squared error of a batch ``(B, 2)`` of pairs :math:`(x, y)`, :eq:`eq-fa-mse`.
+
+    .. math:: \mathcal L(\theta) = \frac1B \sum_i \big(f_\theta(x_i) - y_i\big)^2,
+
+    the empirical :math:`L_2` error when the :math:`x_i` fill the interval. A loss for
+    :func:`minigen.train.train`; ``model`` maps ``(B, 1) -> (B, 1)``.
+    """
+    _check_pairs(batch)
+    return ((model(batch[:, :1]) - batch[:, 1:]) ** 2).mean()
+
+
 def gaussian_nll(y: Tensor, mean: Tensor, var: Tensor) -> Tensor:
     r"""Gaussian negative log-likelihood, elementwise, :eq:`eq-fa-nll`.
 
@@ -233,8 +250,7 @@ def mean_variance_loss(model: nn.Module, batch: Tensor) -> Tensor:
 
     A loss for :func:`minigen.train.train`.
     """
-    if batch.dim() != 2 or batch.shape[1] != 2:
-        raise ValueError(f"batch must have shape (B, 2) holding (x, y), got {tuple(batch.shape)}")
+    _check_pairs(batch)
     mean, var = mean_variance(model, batch[:, :1])
     return gaussian_nll(batch[:, 1:], mean, var).mean()
 

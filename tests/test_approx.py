@@ -162,3 +162,13 @@ def test_coverage_known_answer_and_sampling_check():
     assert abs(approx.coverage(z, lo, hi) - 0.9) < 4 * math.sqrt(0.09 / len(z))
     with pytest.raises(ValueError, match="shapes differ"):
         approx.coverage(y, y[:3], y)
+
+
+def test_squared_error_loss_is_the_mean_squared_residual():
+    model = torch.nn.Linear(1, 1).double()
+    x, y = torch.randn(9, 1, **F64), torch.randn(9, 1, **F64)
+    assert_close(approx.squared_error_loss(model, torch.cat([x, y], 1)),
+                 ((model(x) - y) ** 2).mean())
+    assert approx.squared_error_loss(model, torch.cat([x, model(x).detach()], 1)) == 0
+    with pytest.raises(ValueError, match=r"\(B, 2\)"):
+        approx.squared_error_loss(model, x)
