@@ -122,3 +122,54 @@ def optimizer_paths(f: Callable[[Tensor], Tensor], paths: Mapping[str, Tensor], 
     ax.set(xlabel="$x$", ylabel="$y$", xlim=bounds[:2], ylim=bounds[2:], title=title)
     ax.legend(frameon=False, fontsize=8)
     return ax
+
+
+# --- Chapters 1 (function approximation) and 2 (optimizers) ---------------------------------------
+__all__ += ["curves", "regression_band"]
+
+
+def curves(series: Mapping[str, tuple[Tensor | Sequence[float], Tensor | Sequence[float]]], *,
+           xlabel: str, ylabel: str, logx: bool = False, logy: bool = False,
+           marker: str | None = "o", styles: Mapping[str, str] | None = None,
+           ax: Axes | None = None, title: str | None = None) -> Axes:
+    """Curves ``{label: (x, y)}`` on one axis, e.g. an error against width or against learning rate.
+
+    Non-finite ``y`` values (a diverged run) are left out of their curve. ``styles`` maps a label
+    to a matplotlib format string (``"k--"``) for that curve.
+    """
+    ax = _ax(ax)
+    for name, (x, y) in series.items():
+        x, y = _np(torch.as_tensor(x)).astype(float), _np(torch.as_tensor(y)).astype(float)
+        keep = np.isfinite(y)
+        fmt = (styles or {}).get(name, "-")
+        ax.plot(x[keep], y[keep], fmt, marker=marker, ms=3, lw=1.2, label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    if len(series) > 1:
+        ax.legend(frameon=False, fontsize=8)
+    return ax
+
+
+def regression_band(x: Tensor, y: Tensor, grid: Tensor, mean: Tensor, lower: Tensor,
+                    upper: Tensor, *, true_mean: Tensor | None = None,
+                    true_band: tuple[Tensor, Tensor] | None = None, level: float = 0.9,
+                    ax: Axes | None = None, title: str | None = None) -> Axes:
+    """Data ``(n, 1)`` pairs, a fitted mean and its band on ``grid`` ``(m, 1)``, optionally the truth."""
+    ax = _ax(ax, (6, 3.5))
+    g = _np(grid).ravel()
+    ax.scatter(_np(x).ravel(), _np(y).ravel(), s=2, c="0.6", alpha=0.5, label="data",
+               rasterized=True)
+    ax.fill_between(g, _np(lower).ravel(), _np(upper).ravel(), color="C0", alpha=0.3,
+                    label=f"model {level:.0%} band")
+    ax.plot(g, _np(mean).ravel(), "C0", lw=1.5, label="model mean")
+    if true_mean is not None:
+        ax.plot(g, _np(true_mean).ravel(), "k--", lw=1, label="true mean")
+    if true_band is not None:
+        for i, edge in enumerate(true_band):
+            ax.plot(g, _np(edge).ravel(), "k:", lw=1, label=f"true {level:.0%} band" if i == 0 else None)
+    ax.set(xlabel="$x$", ylabel="$y$", title=title)
+    ax.legend(frameon=False, fontsize=8)
+    return ax
