@@ -65,3 +65,24 @@ def test_optimizer_paths_draws_each_path_on_contours():
     lines = {l.get_label(): l for l in ax.get_lines()}
     np.testing.assert_allclose(np.column_stack(lines["sgd"].get_data()), path.numpy())
     assert "minimum" in lines and ax.get_xlabel() == "$x$"
+
+
+# --- chapters 1 and 2 ---
+def test_curves_draws_each_series_and_drops_non_finite_points():
+    ax = plot.curves({"a": ([1, 2, 3], [1.0, float("nan"), 3.0]), "b": ([1, 2], [2.0, 4.0])},
+                     xlabel="width", ylabel="error", logx=True, logy=True, styles={"b": "k--"})
+    lines = {l.get_label(): l for l in ax.get_lines()}
+    np.testing.assert_allclose(np.column_stack(lines["a"].get_data()), [[1, 1], [3, 3]])
+    assert lines["b"].get_linestyle() == "--" and ax.get_xscale() == "log"
+    assert ax.get_xlabel() == "width" and ax.get_legend() is not None
+
+
+def test_regression_band_fills_between_the_band_edges():
+    grid = torch.linspace(-1, 1, 50)[:, None]
+    mean = grid**2
+    ax = plot.regression_band(torch.zeros(5, 1), torch.ones(5, 1), grid, mean, mean - 1, mean + 1,
+                              true_mean=mean, true_band=(mean - 1, mean + 1))
+    labels = {l.get_label() for l in ax.get_lines()}
+    assert {"model mean", "true mean", "true 90% band"} <= labels
+    np.testing.assert_allclose(ax.get_lines()[0].get_data()[1], mean.numpy().ravel())
+    assert ax.get_xlabel() == "$x$" and len(ax.collections) == 2  # data and band
