@@ -105,7 +105,7 @@ def fit_readout(hidden: nn.Module, x: Tensor, y: Tensor) -> nn.Sequential:
 
     .. math:: (a, c) = \arg\min_{a, c} \sum_j \big(a^\top \phi(x_j) + c - y_j\big)^2,
 
-    solved with :func:`torch.linalg.lstsq`. ``x`` ``(n, 1)``, ``y`` ``(n, 1)``, ``hidden`` maps
+    solved with ``torch.linalg.lstsq``. ``x`` ``(n, 1)``, ``y`` ``(n, 1)``, ``hidden`` maps
     ``(n, 1) -> (n, h)``. Returns ``nn.Sequential(hidden, Linear(h, 1))`` (float64).
     """
     if x.shape[0] != y.shape[0]:

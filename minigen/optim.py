@@ -22,8 +22,6 @@ from torch import Tensor
 __all__ = ["rosenbrock", "SGD", "Momentum", "Nesterov", "AdaGrad", "RMSProp", "Adam", "minimize",
            "steps_to_tolerance"]
 
-LearningRate = float | Tensor
-
 
 def rosenbrock(x: Tensor, a: float = 1.0, b: float = 100.0) -> Tensor:
     r"""Rosenbrock's function :math:`f(x, y) = (a - x)^2 + b (y - x^2)^2`, :eq:`eq-opt-rosenbrock`.
@@ -42,7 +40,7 @@ def rosenbrock(x: Tensor, a: float = 1.0, b: float = 100.0) -> Tensor:
     return (a - x1) ** 2 + b * (x2 - x1**2) ** 2
 
 
-def _positive(**values: LearningRate) -> None:
+def _positive(**values: float | Tensor) -> None:
     for name, v in values.items():
         v = torch.as_tensor(v, dtype=torch.float64)
         if not (torch.isfinite(v).all() and (v > 0).all()):
@@ -81,7 +79,7 @@ class SGD(_Optimizer):
     Equals ``torch.optim.SGD(params, lr)``.
     """
 
-    def __init__(self, params: Iterable, lr: LearningRate = 1e-3):
+    def __init__(self, params: Iterable, lr: float | Tensor = 1e-3):
         _positive(lr=lr)
         super().__init__(params, dict(lr=lr))
 
@@ -97,7 +95,7 @@ class Momentum(_Optimizer):
     Equals ``torch.optim.SGD(params, lr, momentum=mu)``.
     """
 
-    def __init__(self, params: Iterable, lr: LearningRate = 1e-3, momentum: float = 0.9):
+    def __init__(self, params: Iterable, lr: float | Tensor = 1e-3, momentum: float = 0.9):
         _positive(lr=lr)
         _unit(momentum=momentum)
         super().__init__(params, dict(lr=lr, momentum=momentum))
@@ -119,7 +117,7 @@ class Nesterov(_Optimizer):
     the change of variables). Equals ``torch.optim.SGD(params, lr, momentum=mu, nesterov=True)``.
     """
 
-    def __init__(self, params: Iterable, lr: LearningRate = 1e-3, momentum: float = 0.9):
+    def __init__(self, params: Iterable, lr: float | Tensor = 1e-3, momentum: float = 0.9):
         _positive(lr=lr)
         _unit(momentum=momentum)
         if momentum == 0:
@@ -142,7 +140,7 @@ class AdaGrad(_Optimizer):
     Equals ``torch.optim.Adagrad(params, lr, eps=eps)``.
     """
 
-    def __init__(self, params: Iterable, lr: LearningRate = 1e-2, eps: float = 1e-10):
+    def __init__(self, params: Iterable, lr: float | Tensor = 1e-2, eps: float = 1e-10):
         _positive(lr=lr, eps=eps)
         super().__init__(params, dict(lr=lr, eps=eps))
 
@@ -161,7 +159,7 @@ class RMSProp(_Optimizer):
     Equals ``torch.optim.RMSprop(params, lr, alpha=alpha, eps=eps)``.
     """
 
-    def __init__(self, params: Iterable, lr: LearningRate = 1e-2, alpha: float = 0.99,
+    def __init__(self, params: Iterable, lr: float | Tensor = 1e-2, alpha: float = 0.99,
                  eps: float = 1e-8):
         _positive(lr=lr, eps=eps)
         _unit(alpha=alpha)
@@ -185,7 +183,7 @@ class Adam(_Optimizer):
     Equals ``torch.optim.Adam(params, lr, betas=betas, eps=eps)``.
     """
 
-    def __init__(self, params: Iterable, lr: LearningRate = 1e-3,
+    def __init__(self, params: Iterable, lr: float | Tensor = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         _positive(lr=lr, eps=eps)
         _unit(beta1=betas[0], beta2=betas[1])

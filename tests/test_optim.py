@@ -168,3 +168,23 @@ def test_steps_to_tolerance_rejects_bad_input():
 def test_bad_hyper_parameters_raise_clear_errors(make, message):
     with pytest.raises(ValueError, match=message):
         make([torch.zeros(2, requires_grad=True)])
+
+
+@pytest.mark.parametrize("ours, theirs, hyper", PAIRS, ids=IDS)
+def test_step_with_a_closure_returns_the_loss_and_takes_the_same_step(ours, theirs, hyper):
+    results = []
+    for make in (ours, theirs):
+        x = X0.clone().requires_grad_(True)
+        opt = make([x], **hyper)
+
+        def closure():
+            opt.zero_grad()
+            loss = optim.rosenbrock(x)
+            loss.backward()
+            return loss
+
+        losses = [float(opt.step(closure)) for _ in range(5)]
+        results.append((torch.tensor(losses, dtype=torch.float64), x.detach()))
+    assert_close(results[0][0], results[1][0])
+    assert_close(results[0][1], results[1][1])
+    assert results[0][0][0] == float(optim.rosenbrock(X0))
