@@ -27,6 +27,7 @@ __all__ = [
     "kernel_field",
     "kernel_nll",
     "generator_loss",
+    "CurveMixture",
 ]
 
 Kernel = Callable[[Tensor, Tensor], Tensor]
@@ -166,3 +167,50 @@ def generator_loss(generator: nn.Module, y: Tensor, kernel: Kernel, latent_dim: 
     """
     z = torch.randn(y.shape[0], latent_dim, device=y.device, dtype=y.dtype)  # (B, latent_dim)
     return mmd2(generator(z), y, kernel, unbiased=True)
+
+
+class CurveMixture(nn.Module):
+    r"""Points :math:`(t, \sum_p c_p t^p)` on a polynomial curve, the latent :math:`t` drawn from
+    :math:`w\,\mathcal N(m_1, s_1^2) + (1 - w)\,\mathcal N(m_2, s_2^2)` (book :eq:`eq-mmd-curve`).
+
+    ``forward(eps)`` maps standard normal draws ``eps`` ``(n,)`` to the weighted measure: points
+    ``(2n, 2)`` (both components, reparametrised) and weights ``(2n,)``, :math:`w/n` on the first
+    ``n`` and :math:`(1-w)/n` on the last ``n``, so the weight :math:`w = \operatorname{sigmoid}(\ell)`
+    receives a gradient. ``sample`` draws an ordinary uniform-weight sample.
+    """
+
+    def __init__(self, coef: Sequence[float] = (0.0, 0.0, 0.0), means: Sequence[float] = (-0.5, 0.5),
+                 stds: Sequence[float] = (0.5, 0.5), weight: float = 0.5):
+        super().__init__()
+        if not 0 < weight < 1 or min(stds) <= 0 or len(means) != 2 or len(stds) != 2:
+            raise ValueError(f"need 0 < weight < 1 and two means and two positive stds; got "
+                             f"weight={weight}, means={list(means)}, stds={list(stds)}")
+        self.coef = nn.Parameter(torch.tensor(coef, dtype=torch.float32))
+        self.means = nn.Parameter(torch.tensor(means, dtype=torch.float32))
+        self.log_stds = nn.Parameter(torch.tensor(stds, dtype=torch.float32).log())
+        self.logit = nn.Parameter(torch.tensor(math.log(weight / (1 - weight))))
+
+    @property
+    def weight(self) -> Tensor:
+        """The mixture weight :math:`w` of the first component, a 0-d tensor in (0, 1)."""
+        return torch.sigmoid(self.logit)
+
+    def curve(self, t: Tensor) -> Tensor:
+        r""":math:`(t, \sum_p c_p t^p)` for ``t`` ``(n,)``; returns ``(n, 2)``."""
+        powers = t[:, None] ** torch.arange(len(self.coef), device=t.device)  # (n, P + 1)
+        return torch.stack([t, powers @ self.coef.to(t)], 1)
+
+    def forward(self, eps: Tensor) -> tuple[Tensor, Tensor]:
+        n = eps.shape[0]
+        t = self.means.to(eps)[:, None] + self.log_stds.exp().to(eps)[:, None] * eps  # (2, n)
+        w = self.weight.to(eps)
+        mu = torch.cat([w.expand(n), (1 - w).expand(n)]) / n  # (2n,)
+        return self.curve(t.reshape(-1)), mu
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``(n, 2)`` points: component 1 with probability :math:`w`, else component 2."""
+        first = torch.rand(n, generator=generator) < self.weight
+        k = (~first).long()
+        t = self.means[k] + self.log_stds.exp()[k] * torch.randn(n, generator=generator)
+        return self.curve(t)

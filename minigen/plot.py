@@ -173,3 +173,49 @@ def regression_band(x: Tensor, y: Tensor, grid: Tensor, mean: Tensor, lower: Ten
     ax.set(xlabel="$x$", ylabel="$y$", title=title)
     ax.legend(frameon=False, fontsize=8)
     return ax
+
+
+# --- chapters 3 (normalizing flows) and 4 (MMD and kernel divergences) ---
+__all__ += ["warped_grid", "kernel_field_2d"]
+
+
+def warped_grid(transform: Callable[[Tensor], Tensor], *,
+                bounds: tuple[float, float, float, float] = (-2.5, 2.5, -2.5, 2.5),
+                n_lines: int = 15, n_points: int = 200, ax: Axes | None = None,
+                title: str | None = None, color: str = "C0") -> Axes:
+    """Images under ``transform`` ``(m, 2) -> (m, 2)`` of the lines of a regular grid of ``bounds``."""
+    ax = _ax(ax, (4, 4))
+    t = torch.linspace(0, 1, n_points)
+    for i, c in enumerate(torch.linspace(0, 1, n_lines)):
+        for horizontal in (True, False):
+            u, v = (t, c.expand(n_points)) if horizontal else (c.expand(n_points), t)
+            pts = torch.stack([bounds[0] + u * (bounds[1] - bounds[0]),
+                               bounds[2] + v * (bounds[3] - bounds[2])], 1)  # (n_points, 2)
+            with torch.no_grad():
+                out = _np(transform(pts))
+            ax.plot(out[:, 0], out[:, 1], color=color, lw=0.6)
+    ax.set(xlabel="$x_1$", ylabel="$x_2$", title=title, aspect="equal")
+    return ax
+
+
+def kernel_field_2d(field: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, *,
+                    mu: Tensor | None = None, bounds: tuple[float, float, float, float] = (-2, 2, -2, 2),
+                    n: int = 150, ax: Axes | None = None, title: str | None = None) -> Axes:
+    """Heatmap of a scalar ``field`` ``(m, 2) -> (m,)`` (e.g. :math:`k\\star(\\mu-\\nu)`) with the model
+    points ``x`` ``(n, 2)`` (marker area proportional to the weights ``mu``) and the target ``y``."""
+    ax = _ax(ax, (4, 4))
+    X, Y, pts = grid_2d(bounds, n)
+    with torch.no_grad():
+        z = _np(field(pts).reshape(n, n))
+    lim = float(np.abs(z).max()) or 1.0
+    ax.pcolormesh(_np(X), _np(Y), z, cmap="RdBu_r", vmin=-lim, vmax=lim, shading="auto",
+                  rasterized=True)
+    yy = _np(y)
+    ax.scatter(yy[:, 0], yy[:, 1], s=3, c="k", alpha=0.5, label="target", rasterized=True)
+    xx = _np(x)
+    size = 4.0 if mu is None else 4.0 * len(xx) * _np(mu)
+    ax.scatter(xx[:, 0], xx[:, 1], s=size, c="C2", alpha=0.8, label="model", rasterized=True)
+    ax.set(xlabel="$x_1$", ylabel="$x_2$", xlim=bounds[:2], ylim=bounds[2:], title=title,
+           aspect="equal")
+    ax.legend(frameon=False, fontsize=8, loc="upper right", markerscale=2)
+    return ax

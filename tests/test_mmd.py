@@ -156,3 +156,28 @@ def test_bad_inputs_raise_clear_errors():
         mmd.kernel_nll(x, x, 0.0)
     with pytest.raises(ValueError, match="at least 2 points"):
         mmd.mmd2(x[:1], x, unbiased=True)
+
+
+def test_curve_mixture_points_lie_on_the_curve_and_weights_carry_the_probability():
+    model = mmd.CurveMixture(coef=(0.5, -0.2, 0.8), means=(-1.0, 1.0), stds=(0.3, 0.2), weight=0.3)
+    model = model.double()
+    x, mu = model(torch.randn(10, dtype=F64, generator=torch.Generator().manual_seed(0)))
+    assert x.shape == (20, 2) and mu.shape == (20,)
+    assert_close(x[:, 1], 0.5 - 0.2 * x[:, 0] + 0.8 * x[:, 0] ** 2)
+    assert_close(mu[:10].sum(), torch.tensor(0.3, dtype=F64))
+    assert_close(mu.sum(), torch.tensor(1.0, dtype=F64))
+    y = model.sample(4_000, torch.Generator().manual_seed(1))
+    assert abs(float((y[:, 0] < 0).double().mean()) - 0.3) < 0.03  # the left component: t < 0
+
+
+def test_curve_mixture_every_parameter_receives_a_gradient_through_both_divergences():
+    y = mmd.CurveMixture(coef=(0.2, 0.0, -0.5), weight=0.7).sample(50, torch.Generator().manual_seed(2))
+    eps = torch.randn(20, generator=torch.Generator().manual_seed(3))
+    for loss in (lambda x, mu: mmd.mmd2(x, y, KERNELS["gaussian"], mu=mu),
+                 lambda x, mu: mmd.kernel_nll(x, y, 0.3, mu=mu)):
+        model = mmd.CurveMixture()
+        loss(*model(eps)).backward()
+        for name, p in model.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+    with pytest.raises(ValueError, match="0 < weight < 1"):
+        mmd.CurveMixture(weight=1.0)
