@@ -13,8 +13,10 @@ from pathlib import Path
 
 from sphinx.application import Sphinx
 
-MATHJAX_PARTS = ["tex-chtml-full.js", "output/chtml/fonts", "a11y", "ui", "input/tex/extensions",
-                 "adaptors"]
+# The combined TeX + CHTML component, plus what it loads on demand: fonts, TeX extensions, the
+# context menu and what the menu can switch on (the accessibility explorer needs input/mml.js and
+# sre/mathmaps/*.json, the SVG renderer output/svg*). Checked in Chromium by tests/test_browser.py.
+MATHJAX_PARTS = ["tex-chtml-full.js", "input", "output", "a11y", "sre", "ui", "adaptors"]
 
 
 def _mathjax_source() -> Path:
