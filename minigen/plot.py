@@ -219,3 +219,22 @@ def kernel_field_2d(field: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, *,
            aspect="equal")
     ax.legend(frameon=False, fontsize=8, loc="upper right", markerscale=2)
     return ax
+
+
+# --- Chapters 5 (GANs) and 6 (diffusion) ---------------------------------------------------------
+__all__ += ["mode_masses"]
+
+
+def mode_masses(masses: Mapping[str, Tensor | np.ndarray], expected: float | None = None, *,
+                ax: Axes | None = None, title: str | None = None) -> Axes:
+    """Grouped bars of the mass a model puts on each mode, ``{model: (K,)}``, with the exact mass as a line."""
+    ax = _ax(ax, (6, 3))
+    width = 0.8 / len(masses)
+    for i, (name, m) in enumerate(masses.items()):
+        m = _np(m).ravel()
+        ax.bar(np.arange(len(m)) + (i - (len(masses) - 1) / 2) * width, m, width, label=name)
+    if expected is not None:
+        ax.axhline(expected, color="k", ls="--", lw=1, label="exact")
+    ax.set(xlabel="mode", ylabel="mass", title=title)
+    ax.legend(frameon=False, fontsize=8)
+    return ax

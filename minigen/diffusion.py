@@ -1,0 +1,351 @@
+r"""Score matching and diffusion: noising processes, score losses, Langevin and SDE/ODE samplers.
+
+Data sit at :math:`t = 0` and noise at :math:`t = 1`. A forward SDE
+:math:`\d x = f(x, t)\,\d t + g(t)\,\d W` with linear drift has Gaussian marginals
+
+.. math:: x_t = \alpha_t x_0 + \sigma_t \varepsilon, \qquad \varepsilon \sim \N(0, I),
+
+(:eq:`eq-diff-marginal`), so a score network is trained by denoising (:func:`diffusion_loss`) and
+sampled by reversing time, either stochastically (:func:`reverse_sde_sample`,
+:eq:`eq-diff-reverse-sde`) or along the probability-flow ODE (:func:`ode_sample`,
+:eq:`eq-diff-pf-ode`), which also gives exact log-likelihoods (:func:`ode_log_prob`).
+
+A *score* here is a function ``score(x, t)`` of ``x`` ``(B, d)`` and ``t`` ``(B,)`` returning
+``(B, d)``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from . import ode
+from .data import GaussianMixture
+from .nn import ConditionalMLP
+
+__all__ = [
+    "SDE",
+    "VPSDE",
+    "VESDE",
+    "marginal_sample",
+    "denoising_score_target",
+    "tweedie_denoiser",
+    "mixture_score",
+    "stable_noise_target",
+    "fisher_divergence",
+    "implicit_score_matching_loss",
+    "dsm_loss",
+    "ScoreNet",
+    "diffusion_loss",
+    "langevin",
+    "annealed_langevin",
+    "reverse_sde_sample",
+    "probability_flow",
+    "ode_sample",
+    "ode_log_prob",
+]
+
+Score = Callable[[Tensor, Tensor], Tensor]
+
+
+def _t(t: Tensor | float, like: Tensor) -> Tensor:
+    """``t`` as a ``(B,)`` tensor matching the rows of ``like``."""
+    t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
+    if t.numel() == 1:
+        return t.reshape(1).expand(like.shape[0])
+    if t.numel() != like.shape[0]:
+        raise ValueError(f"t has {t.numel()} entries but x has {like.shape[0]} rows")
+    return t.reshape(-1)
+
+
+class SDE(Protocol):
+    r"""A forward SDE :math:`\d x = -\tfrac12 \beta_t x\,\d t + g(t)\,\d W` with Gaussian marginals."""
+
+    def alpha(self, t: Tensor) -> Tensor: ...
+    def sigma(self, t: Tensor) -> Tensor: ...
+    def drift(self, x: Tensor, t: Tensor) -> Tensor: ...
+    def diffusion(self, t: Tensor) -> Tensor: ...
+    def prior_sample(self, n: int, dim: int, generator: torch.Generator | None = None) -> Tensor: ...
+    def prior_log_prob(self, x: Tensor) -> Tensor: ...
+
+
+@dataclass
+class VPSDE:
+    r"""Variance preserving SDE :math:`\d x = -\tfrac12\beta(t) x\,\d t + \sqrt{\beta(t)}\,\d W` (:eq:`eq-diff-vp`).
+
+    :math:`\beta(t) = \beta_{\min} + t(\beta_{\max} - \beta_{\min})`,
+    :math:`\alpha_t = e^{-\frac12\int_0^t \beta}`, :math:`\sigma_t^2 = 1 - \alpha_t^2`;
+    prior :math:`\N(0, I)`. ``t`` tensors are ``(B,)``.
+    """
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+
+    def beta(self, t: Tensor) -> Tensor:
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return torch.exp(-0.5 * (self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2))
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return (-torch.expm1(-(self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2))).sqrt()
+
+    def drift(self, x: Tensor, t: Tensor) -> Tensor:
+        return -0.5 * self.beta(t)[:, None] * x
+
+    def diffusion(self, t: Tensor) -> Tensor:
+        return self.beta(t).sqrt()
+
+    def prior_sample(self, n: int, dim: int, generator: torch.Generator | None = None) -> Tensor:
+        return torch.randn(n, dim, generator=generator)
+
+    def prior_log_prob(self, x: Tensor) -> Tensor:
+        return -0.5 * (x**2).sum(1) - 0.5 * x.shape[1] * math.log(2 * math.pi)
+
+
+@dataclass
+class VESDE:
+    r"""Variance exploding SDE :math:`\d x = \sqrt{\d \sigma^2_t / \d t}\,\d W` (:eq:`eq-diff-ve`).
+
+    Noise scale :math:`s(t) = s_{\min}(s_{\max}/s_{\min})^t`, marginal :math:`\alpha_t = 1`,
+    :math:`\sigma_t^2 = s(t)^2 - s_{\min}^2`; prior :math:`\N(0, s_{\max}^2 I)`.
+    """
+
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+
+    def _s(self, t: Tensor) -> Tensor:
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return torch.ones_like(t)
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return (self._s(t) ** 2 - self.sigma_min**2).sqrt()
+
+    def drift(self, x: Tensor, t: Tensor) -> Tensor:
+        return torch.zeros_like(x)
+
+    def diffusion(self, t: Tensor) -> Tensor:
+        return self._s(t) * math.sqrt(2 * math.log(self.sigma_max / self.sigma_min))
+
+    def prior_sample(self, n: int, dim: int, generator: torch.Generator | None = None) -> Tensor:
+        return self.sigma_max * torch.randn(n, dim, generator=generator)
+
+    def prior_log_prob(self, x: Tensor) -> Tensor:
+        d = x.shape[1]
+        return (-0.5 * (x**2).sum(1) / self.sigma_max**2 - d * math.log(self.sigma_max)
+                - 0.5 * d * math.log(2 * math.pi))
+
+
+def marginal_sample(sde: SDE, x0: Tensor, t: Tensor | float,
+                    generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    r"""Draw :math:`x_t = \alpha_t x_0 + \sigma_t \varepsilon` (:eq:`eq-diff-marginal`); returns ``(x_t, eps)``, both ``(B, d)``."""
+    t = _t(t, x0)
+    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    return sde.alpha(t)[:, None] * x0 + sde.sigma(t)[:, None] * eps, eps
+
+
+def denoising_score_target(xt: Tensor, x0: Tensor, alpha: Tensor | float,
+                           sigma: Tensor | float) -> Tensor:
+    r"""Score of the noising kernel, :math:`\nabla_{x_t} \log p(x_t \mid x_0) = -(x_t - \alpha x_0)/\sigma^2` (:eq:`eq-diff-dsm`).
+
+    ``xt``, ``x0`` ``(B, d)``; ``alpha``, ``sigma`` scalars or ``(B,)``.
+    """
+    alpha, sigma = _t(alpha, xt)[:, None], _t(sigma, xt)[:, None]
+    return -(xt - alpha * x0) / sigma**2
+
+
+def tweedie_denoiser(score_t: Tensor, xt: Tensor, alpha: Tensor | float,
+                     sigma: Tensor | float) -> Tensor:
+    r"""Tweedie's formula :math:`\E[x_0 \mid x_t] = (x_t + \sigma^2 \nabla \log p_t(x_t)) / \alpha` (:eq:`eq-diff-tweedie`).
+
+    ``score_t`` and ``xt`` ``(B, d)``; ``alpha``, ``sigma`` scalars or ``(B,)``.
+    """
+    alpha, sigma = _t(alpha, xt)[:, None], _t(sigma, xt)[:, None]
+    return (xt + sigma**2 * score_t) / alpha
+
+
+def mixture_score(mixture: GaussianMixture, x: Tensor, alpha: Tensor | float,
+                  sigma: Tensor | float) -> Tensor:
+    r"""Exact score of the noised mixture :math:`\alpha X + \sigma Z`, with a noise level per row.
+
+    The law of :math:`\alpha X + \sigma Z` is the mixture with means :math:`\alpha\mu_k` and
+    variances :math:`\alpha^2\sigma_k^2 + \sigma^2` (:eq:`eq-diff-marginal`); ``x`` ``(B, d)``,
+    ``alpha``, ``sigma`` scalars or ``(B,)``; returns ``(B, d)``.
+    """
+    if x.dim() != 2 or x.shape[1] != mixture.dim:
+        raise ValueError(f"x must have shape (B, {mixture.dim}), got {tuple(x.shape)}")
+    a, s = _t(alpha, x)[:, None, None], _t(sigma, x)[:, None, None]
+    mu = a * mixture.means.to(x)  # (B, K, d)
+    var = a**2 * mixture.stds.to(x) ** 2 + s**2  # (B, K, d)
+    diff = x[:, None, :] - mu  # (B, K, d)
+    logc = -0.5 * (diff**2 / var + var.log()).sum(-1) + mixture.weights.to(x).log()  # (B, K)
+    resp = torch.softmax(logc, dim=1)
+    return (resp[:, :, None] * (-diff / var)).sum(1)
+
+
+def stable_noise_target(xt: Tensor, reference: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    r"""Noise target averaged over the posterior of :math:`x_0` on a reference batch (:eq:`eq-diff-stf`).
+
+    .. math:: \hat\varepsilon_i = \frac{x_{t,i} - \alpha_i \sum_j w_{ij} y_j}{\sigma_i}, \qquad
+        w_{ij} \propto \exp\Big(-\frac{\lVert x_{t,i} - \alpha_i y_j\rVert^2}{2\sigma_i^2}\Big),
+
+    Tweedie's formula with the posterior mean of :math:`x_0` estimated on the reference points
+    :math:`y_j` (which should include the point each :math:`x_{t,i}` was made from).
+    ``xt`` ``(B, d)``, ``reference`` ``(R, d)``, ``alpha``, ``sigma`` ``(B,)``; returns ``(B, d)``.
+    """
+    a, s = alpha[:, None], sigma[:, None]
+    d2 = ((xt**2).sum(1, keepdim=True) - 2 * a * xt @ reference.T
+          + a**2 * (reference**2).sum(1)[None, :])  # (B, R) squared distances |x_t - a y|^2
+    w = torch.softmax(-d2 / (2 * s**2), dim=1)  # (B, R)
+    return (xt - a * (w @ reference)) / s
+
+
+def fisher_divergence(score: Callable[[Tensor], Tensor], true_score: Callable[[Tensor], Tensor],
+                      x: Tensor) -> Tensor:
+    r"""Monte Carlo Fisher divergence :math:`\tfrac12 \E_p \lVert s(x) - \nabla\log p(x)\rVert^2` (:eq:`eq-diff-fisher`), ``x ~ p`` ``(B, d)``."""
+    return 0.5 * ((score(x) - true_score(x)) ** 2).sum(1).mean()
+
+
+def implicit_score_matching_loss(score: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    r"""Hyvärinen's objective :math:`\E_p[\operatorname{Tr} \nabla s(x) + \tfrac12 \lVert s(x)\rVert^2]` (:eq:`eq-diff-ism`).
+
+    Equals the Fisher divergence minus a constant. Exact trace (``d`` backward passes), kept
+    differentiable for training; ``x`` ``(B, d)``.
+    """
+    x = x.detach().requires_grad_(True)
+    s = score(x)  # (B, d)
+    trace = sum(torch.autograd.grad(s[:, i].sum(), x, create_graph=True)[0][:, i]
+                for i in range(x.shape[1]))
+    return (trace + 0.5 * (s**2).sum(1)).mean()
+
+
+def dsm_loss(score: Callable[[Tensor], Tensor], x0: Tensor, sigma: float,
+             generator: torch.Generator | None = None) -> Tensor:
+    r"""Denoising score matching at one noise level, :math:`\tfrac12 \E \lVert s(x_0 + \sigma\varepsilon) + \varepsilon/\sigma \rVert^2` (:eq:`eq-diff-dsm`).
+
+    Its minimiser is the score of the *noised* density :math:`p * \N(0, \sigma^2 I)`; ``x0`` ``(B, d)``.
+    """
+    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    return 0.5 * ((score(x0 + sigma * eps) + eps / sigma) ** 2).sum(1).mean()
+
+
+class ScoreNet(nn.Module):
+    r"""Noise-prediction network around the Gaussian solution, :math:`s_\theta(x, t) = -\varepsilon_\theta(x, t)/\sigma_t` (:eq:`eq-diff-eps`).
+
+    .. math:: \varepsilon_\theta(x, t) = \sigma_t c_t^2\, x - \alpha_t \sigma_{\text{data}} c_t\,
+        F_\theta(c_t x, t), \qquad c_t = (\alpha_t^2 \sigma_{\text{data}}^2 + \sigma_t^2)^{-1/2}.
+
+    The first term is the exact noise prediction for data :math:`\N(0, \sigma_{\text{data}}^2 I)`;
+    the network :math:`F_\theta` (a :class:`minigen.nn.ConditionalMLP`) learns the rest with
+    unit-scale inputs and targets at every noise level, as in the preconditioning of Karras et
+    al. (2022, "Elucidating the design space"). ``x`` ``(B, d)``, ``t`` ``(B,)`` or a scalar; ``forward`` returns the score
+    ``(B, d)``, ``eps`` the noise prediction. Extra keyword arguments go to ``ConditionalMLP``.
+    """
+
+    def __init__(self, sde: SDE, dim: int, sigma_data: float = 1.0, **kwargs):
+        super().__init__()
+        self.sde, self.sigma_data, self.net = sde, sigma_data, ConditionalMLP(dim, **kwargs)
+
+    def eps(self, x: Tensor, t: Tensor | float) -> Tensor:
+        t = _t(t, x)
+        a, s = self.sde.alpha(t)[:, None], self.sde.sigma(t)[:, None]
+        c = (a**2 * self.sigma_data**2 + s**2).rsqrt()  # (B, 1)
+        return s * c**2 * x - a * self.sigma_data * c * self.net(c * x, t)
+
+    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
+        t = _t(t, x)
+        return -self.eps(x, t) / self.sde.sigma(t)[:, None]
+
+    def loss_weight(self, t: Tensor) -> Tensor:
+        r"""Weight :math:`\lambda_t = 1 + \sigma_t^2 / (\alpha_t \sigma_{\text{data}})^2` that makes the
+        noise loss a unit-weight loss on :math:`F_\theta` (:eq:`eq-diff-loss`); ``(B,)``."""
+        return 1 + self.sde.sigma(t) ** 2 / (self.sde.alpha(t) * self.sigma_data) ** 2
+
+
+def diffusion_loss(model: ScoreNet, x0: Tensor, t_min: float = 1e-3,
+                   stable_target: bool = False) -> Tensor:
+    r"""Weighted noise-prediction loss :math:`\E_{t,\varepsilon}\, \lambda_t \lVert \varepsilon_\theta(x_t, t) - \varepsilon \rVert^2`, :math:`t \sim U(t_{\min}, 1)` (:eq:`eq-diff-loss`).
+
+    Denoising score matching at every noise level, weighted by :math:`\lambda_t \sigma_t^2`;
+    :math:`\lambda_t` is ``model.loss_weight(t)`` (1 for a model without one). With
+    ``stable_target`` the regression target :math:`\varepsilon` is replaced by its posterior
+    average over the batch, :func:`stable_noise_target` (:eq:`eq-diff-stf`): same minimiser as
+    the batch grows, far less variance. ``x0`` ``(B, d)``.
+    """
+    t = t_min + (1 - t_min) * torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device)
+    xt, eps = marginal_sample(model.sde, x0, t)
+    if stable_target:
+        eps = stable_noise_target(xt, x0, model.sde.alpha(t), model.sde.sigma(t))
+    weight = model.loss_weight(t) if hasattr(model, "loss_weight") else torch.ones_like(t)
+    return (weight * ((model.eps(xt, t) - eps) ** 2).sum(1)).mean()
+
+
+def langevin(score: Callable[[Tensor], Tensor], x: Tensor, step_size: float, n_steps: int,
+             generator: torch.Generator | None = None) -> Tensor:
+    r"""Unadjusted Langevin :math:`x \leftarrow x + \eta\, s(x) + \sqrt{2\eta}\, z` (:eq:`eq-diff-langevin`); ``x`` ``(B, d)``."""
+    for _ in range(n_steps):
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        x = x + step_size * score(x) + math.sqrt(2 * step_size) * z
+    return x
+
+
+def annealed_langevin(score: Score, sde: SDE, x: Tensor, ts: Tensor, n_steps: int,
+                      step_size: float, generator: torch.Generator | None = None) -> Tensor:
+    r"""Annealed Langevin dynamics (:eq:`eq-diff-annealed`): :func:`langevin` at each level of ``ts`` in turn.
+
+    At level :math:`t_i` the step is :math:`\eta_i = \eta\,\sigma_{t_i}^2/\sigma_{t_L}^2`, where
+    :math:`t_L` is the last (smallest) level; ``ts`` ``(L,)`` decreasing, ``x`` ``(B, d)``.
+    """
+    sigmas = sde.sigma(ts.to(x))
+    for t, s in zip(ts.to(x), sigmas):
+        eta = step_size * float(s / sigmas[-1]) ** 2
+        x = langevin(lambda y: score(y, _t(t, y)), x, eta, n_steps, generator)
+    return x
+
+
+def reverse_sde_sample(score: Score, sde: SDE, x1: Tensor, n_steps: int = 500,
+                       t_min: float = 1e-3, generator: torch.Generator | None = None) -> Tensor:
+    r"""Euler-Maruyama on the reverse SDE :math:`\d x = [f - g^2 s]\,\d t + g\,\d\bar W` from 1 to ``t_min`` (:eq:`eq-diff-reverse-sde`).
+
+    ``x1`` ``(B, d)`` from the prior; the last step adds no noise. Returns ``(B, d)``.
+    """
+    ts = torch.linspace(1.0, t_min, n_steps + 1, dtype=x1.dtype)
+    x = x1
+    for k in range(n_steps):
+        t, h = _t(ts[k], x), float(ts[k] - ts[k + 1])
+        g = sde.diffusion(t)[:, None]
+        x = x - (sde.drift(x, t) - g**2 * score(x, t)) * h
+        if k < n_steps - 1:
+            x = x + g * math.sqrt(h) * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    return x
+
+
+def probability_flow(score: Score, sde: SDE) -> Callable[[Tensor, Tensor], Tensor]:
+    r"""Velocity of the probability-flow ODE, :math:`v(x, t) = f(x, t) - \tfrac12 g(t)^2 s(x, t)` (:eq:`eq-diff-pf-ode`)."""
+    def v(x: Tensor, t: Tensor) -> Tensor:
+        return sde.drift(x, t) - 0.5 * sde.diffusion(t)[:, None] ** 2 * score(x, t)
+    return v
+
+
+def ode_sample(score: Score, sde: SDE, x1: Tensor, n_steps: int = 25, t_min: float = 1e-3,
+               step: ode.Step = ode.rk4_step) -> Tensor:
+    """Integrate the probability-flow ODE from ``t = 1`` down to ``t_min``; ``x1`` ``(B, d)`` from the prior."""
+    return ode.odeint(probability_flow(score, sde), x1, 1.0, t_min, n_steps, step)
+
+
+def ode_log_prob(score: Score, sde: SDE, x: Tensor, n_steps: int = 100, t_min: float = 1e-3,
+                 step: ode.Step = ode.rk4_step,
+                 divergence: Callable[..., tuple[Tensor, Tensor]] = ode.divergence_exact) -> Tensor:
+    r"""Model log density at ``x`` ``(B, d)`` by the instantaneous change of variables (:eq:`eq-diff-ode-likelihood`).
+
+    :math:`\log q(x) = \log \pi(x_1) + \int_{t_{\min}}^1 \nabla\cdot v(x_t, t)\,\d t`, integrating
+    the probability-flow ODE forward from the data point; returns ``(B,)``.
+    """
+    x1, div = ode.odeint_with_divergence(probability_flow(score, sde), x, t_min, 1.0, n_steps,
+                                         step, divergence)
+    return sde.prior_log_prob(x1) + div

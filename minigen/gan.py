@@ -1,0 +1,203 @@
+r"""Generative adversarial networks: the minimax game, Wasserstein critics and their penalties.
+
+A discriminator returns a *logit* :math:`\ell(x)`, with :math:`D(x) = \sigma(\ell(x))`. Its loss
+(minimised) is the binary cross-entropy of telling data :math:`x \sim p` from samples
+:math:`\tilde x = G(z) \sim q_\theta`,
+
+.. math:: L_D = -\E_p \log D(x) - \E_{q_\theta} \log (1 - D(\tilde x)),
+
+whose minimiser :math:`D^* = p / (p + q_\theta)` makes the logit the log density ratio
+:math:`\ell^* = \log p - \log q_\theta` (:eq:`eq-gan-optimal-d`). A Wasserstein critic
+:math:`f` maximises :math:`\E_p f - \E_{q_\theta} f` over 1-Lipschitz functions
+(:eq:`eq-gan-kr-duality`); the constraint is imposed softly by a gradient penalty.
+
+Every loss here is *minimised* and is a pure function of ``(network, real, fake)``; the steps
+:func:`critic_step` and :func:`generator_step` update one player's parameters only.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "discriminator_loss",
+    "generator_loss_nonsaturating",
+    "generator_loss_minimax",
+    "log_ratio",
+    "critic_loss",
+    "generator_loss_wgan",
+    "gradient_penalty",
+    "r1_penalty",
+    "r2_penalty",
+    "critic_step",
+    "generator_step",
+    "train_gan",
+    "mode_masses",
+]
+
+Critic = Callable[[Tensor], Tensor]
+
+
+def _out(f: Critic, x: Tensor) -> Tensor:
+    """Evaluate a discriminator or critic and return ``(B,)``."""
+    y = f(x)
+    if y.dim() == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"the critic must return (B,) or (B, 1) for x of shape {tuple(x.shape)}, "
+                         f"got {tuple(y.shape)}")
+    return y
+
+
+def discriminator_loss(disc: Critic, real: Tensor, fake: Tensor) -> Tensor:
+    r"""Cross-entropy :math:`-\E_p \log D - \E_q \log(1 - D)` of :eq:`eq-gan-minimax`.
+
+    With logits :math:`\ell`: :math:`\E_p \operatorname{softplus}(-\ell) + \E_q
+    \operatorname{softplus}(\ell)`. ``real`` ``(B, d)``, ``fake`` ``(B', d)``; returns a 0-d tensor.
+    """
+    return F.softplus(-_out(disc, real)).mean() + F.softplus(_out(disc, fake)).mean()
+
+
+def generator_loss_nonsaturating(disc: Critic, fake: Tensor) -> Tensor:
+    r"""Non-saturating generator loss :math:`-\E_q \log D(\tilde x)` (:eq:`eq-gan-nonsaturating`)."""
+    return F.softplus(-_out(disc, fake)).mean()
+
+
+def generator_loss_minimax(disc: Critic, fake: Tensor) -> Tensor:
+    r"""Minimax (saturating) generator loss :math:`\E_q \log(1 - D(\tilde x))` of :eq:`eq-gan-minimax`."""
+    return -F.softplus(_out(disc, fake)).mean()
+
+
+def log_ratio(disc: Critic, x: Tensor) -> Tensor:
+    r"""Density ratio read off a discriminator: :math:`\log \frac{D}{1 - D} = \ell(x) \approx \log \frac{p}{q}`.
+
+    Exact at the optimal discriminator :eq:`eq-gan-optimal-d`; ``x`` ``(B, d)``, returns ``(B,)``.
+    """
+    return _out(disc, x)
+
+
+def critic_loss(critic: Critic, real: Tensor, fake: Tensor) -> Tensor:
+    r"""Wasserstein critic loss :math:`\E_q f(\tilde x) - \E_p f(x)`, minus the dual objective of :eq:`eq-gan-kr-duality`."""
+    return _out(critic, fake).mean() - _out(critic, real).mean()
+
+
+def generator_loss_wgan(critic: Critic, fake: Tensor) -> Tensor:
+    r"""WGAN generator loss :math:`-\E_q f(G(z))` (:eq:`eq-gan-wgan-generator`)."""
+    return -_out(critic, fake).mean()
+
+
+def _grad_norm2(critic: Critic, x: Tensor) -> Tensor:
+    """Squared norm of the critic's input gradient at each row, ``(B,)``, differentiable."""
+    x = x.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(_out(critic, x).sum(), x, create_graph=True)
+    return (grad**2).sum(1)
+
+
+def gradient_penalty(critic: Critic, real: Tensor, fake: Tensor,
+                     generator: torch.Generator | None = None) -> Tensor:
+    r"""WGAN-GP penalty :math:`\E_{\hat x} (\lVert \nabla f(\hat x) \rVert - 1)^2` (:eq:`eq-gan-gp`).
+
+    :math:`\hat x = u x + (1 - u) \tilde x` with :math:`u \sim U(0, 1)` per pair; ``real`` and
+    ``fake`` ``(B, d)`` with equal ``B``. Returns a 0-d tensor.
+    """
+    if real.shape != fake.shape:
+        raise ValueError(f"real and fake must have the same shape, got {tuple(real.shape)} "
+                         f"and {tuple(fake.shape)}")
+    u = torch.rand(real.shape[0], 1, generator=generator, dtype=real.dtype).to(real.device)
+    x_hat = u * real.detach() + (1 - u) * fake.detach()  # (B, d)
+    return ((_grad_norm2(critic, x_hat) + 1e-12).sqrt() - 1).pow(2).mean()
+
+
+def r1_penalty(critic: Critic, real: Tensor) -> Tensor:
+    r"""R1 penalty :math:`\E_p \lVert \nabla f(x) \rVert^2` on the data (:eq:`eq-gan-r1`); ``(B, d)`` -> 0-d."""
+    return _grad_norm2(critic, real).mean()
+
+
+def r2_penalty(critic: Critic, fake: Tensor) -> Tensor:
+    r"""R2 penalty :math:`\E_q \lVert \nabla f(\tilde x) \rVert^2` on the model's samples (:eq:`eq-gan-r1`)."""
+    return _grad_norm2(critic, fake).mean()
+
+
+def critic_step(critic: nn.Module, optimizer: torch.optim.Optimizer,
+                loss_fn: Callable[[nn.Module, Tensor, Tensor], Tensor], real: Tensor,
+                fake: Tensor) -> float:
+    """One optimizer step on ``loss_fn(critic, real, fake)``; ``fake`` is detached, so only the critic moves.
+
+    ``loss_fn`` may add a penalty, e.g. ``lambda f, x, y: critic_loss(f, x, y) + 10 * gradient_penalty(f, x, y)``.
+    Returns the loss value.
+    """
+    loss = loss_fn(critic, real, fake.detach())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def generator_step(generator: nn.Module, critic: nn.Module, optimizer: torch.optim.Optimizer,
+                   loss_fn: Callable[[nn.Module, Tensor], Tensor], z: Tensor) -> float:
+    """One optimizer step on ``loss_fn(critic, generator(z))``; gradients reach the generator only.
+
+    ``z`` ``(B, latent_dim)``. The critic's ``.grad`` fields are left untouched. Returns the loss.
+    """
+    loss = loss_fn(critic, generator(z))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward(inputs=[p for p in generator.parameters() if p.requires_grad])
+    optimizer.step()
+    return loss.item()
+
+
+def train_gan(generator: nn.Module, critic: nn.Module, sample_real: Callable[[int], Tensor],
+              latent_dim: int, critic_loss: Callable[[nn.Module, Tensor, Tensor], Tensor],
+              generator_loss: Callable[[nn.Module, Tensor], Tensor], n_steps: int, *,
+              batch: int = 256, n_critic: int = 1, lr: tuple[float, float] = (1e-3, 1e-3),
+              betas: tuple[float, float] = (0.5, 0.9), final_lr_fraction: float = 1.0,
+              callback: Callable[[int], None] | None = None) -> Tensor:
+    """Alternate ``n_critic`` critic steps and one generator step, ``n_steps`` times.
+
+    Adam for both players with learning rates ``lr = (generator, critic)``, decayed linearly to
+    ``final_lr_fraction`` of their start over the run (1: constant). ``sample_real(batch)``
+    returns ``(batch, d)`` data; latents are standard normal ``(batch, latent_dim)``.
+    ``callback(step)`` runs after each step (e.g. to record mode masses). Runs through
+    :func:`minigen.train.loop`; returns the (critic, generator) loss history ``(n_steps, 2)``.
+    """
+    from .train import loop
+
+    if n_critic < 1:
+        raise ValueError(f"n_critic must be >= 1, got {n_critic}")
+    g_opt = torch.optim.Adam(generator.parameters(), lr=lr[0], betas=betas)
+    c_opt = torch.optim.Adam(critic.parameters(), lr=lr[1], betas=betas)
+    decay = lambda k: max(final_lr_fraction, 1 - (1 - final_lr_fraction) * k / n_steps)
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, decay) for o in (g_opt, c_opt)]
+
+    def step(k: int) -> tuple[float, float]:
+        for _ in range(n_critic):
+            fake = generator(torch.randn(batch, latent_dim))
+            c = critic_step(critic, c_opt, critic_loss, sample_real(batch), fake)
+        g = generator_step(generator, critic, g_opt, generator_loss, torch.randn(batch, latent_dim))
+        for s in schedulers:
+            s.step()
+        if callback is not None:
+            callback(k)
+        return c, g
+
+    return loop(step, n_steps, desc="GAN")
+
+
+def mode_masses(x: Tensor, means: Tensor, radius: float | None = None) -> Tensor:
+    r"""Fraction of the samples ``x`` ``(n, d)`` that fall on each mode ``means`` ``(K, d)``; ``(K,)``.
+
+    Each sample counts for its nearest mode. With ``radius=None`` every sample counts (the masses
+    of the Voronoi cells, summing to 1: the balance between modes); with a ``radius`` only the
+    samples within it do, and the masses sum to less than 1 (the rest fell between modes). For a
+    mixture with equal weights a good sampler gives masses near :math:`1/K`; a dropped mode shows
+    as a zero.
+    """
+    if x.dim() != 2 or means.dim() != 2 or x.shape[1] != means.shape[1]:
+        raise ValueError(f"x must be (n, d) and means (K, d); got {tuple(x.shape)}, {tuple(means.shape)}")
+    dist = torch.cdist(x.double(), means.double())  # (n, K)
+    nearest, k = dist.min(1)
+    hit = nearest <= radius if radius is not None else torch.ones_like(nearest, dtype=torch.bool)
+    return torch.bincount(k[hit], minlength=means.shape[0]).double() / x.shape[0]

@@ -1,0 +1,174 @@
+"""GAN losses and penalties: closed forms for linear critics, sign conventions, who moves in a step."""
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+from minigen import gan
+
+
+def linear_critic(w: list[float], b: float = 0.3) -> nn.Linear:
+    f = nn.Linear(len(w), 1).double()
+    with torch.no_grad():
+        f.weight.copy_(torch.tensor([w], dtype=torch.float64))
+        f.bias.fill_(b)
+    return f
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(64, 2, generator=g, dtype=torch.float64) + 1
+    fake = torch.randn(64, 2, generator=g, dtype=torch.float64) - 1
+    return real, fake
+
+
+@pytest.mark.parametrize("w", [[0.6, 0.8], [3.0, -4.0], [0.1, 0.0]])
+def test_gradient_penalty_of_linear_critic_is_norm_minus_one_squared(w, batch):
+    f = linear_critic(w)
+    norm = math.hypot(*w)
+    assert_close(gan.gradient_penalty(f, *batch), torch.tensor((norm - 1) ** 2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("w", [[0.6, 0.8], [3.0, -4.0]])
+def test_r1_and_r2_of_linear_critic_are_squared_norm(w, batch):
+    f = linear_critic(w)
+    expected = torch.tensor(w[0] ** 2 + w[1] ** 2, dtype=torch.float64)
+    assert_close(gan.r1_penalty(f, batch[0]), expected)
+    assert_close(gan.r2_penalty(f, batch[1]), expected)
+
+
+def test_r1_of_quadratic_critic_matches_closed_form(batch):
+    """f(x) = |x|^2 / 2 has gradient x, so R1 = E|x|^2."""
+    real = batch[0]
+    assert_close(gan.r1_penalty(lambda x: 0.5 * (x**2).sum(1), real), (real**2).sum(1).mean())
+
+
+def test_critic_loss_sign_is_fake_minus_real(batch):
+    """The critic loss is minimised by scoring data high: E_q f - E_p f."""
+    real, fake = batch
+    f = linear_critic([1.0, 1.0], b=0.0)
+    expected = fake.sum(1).mean() - real.sum(1).mean()
+    assert_close(gan.critic_loss(f, real, fake), expected)
+    assert gan.critic_loss(f, real, fake) < 0  # data (around +1) already score higher
+    assert_close(gan.generator_loss_wgan(f, fake), -fake.sum(1).mean())
+
+
+def test_discriminator_loss_is_binary_cross_entropy(batch):
+    real, fake = batch
+    d = linear_critic([0.5, -0.2])
+    logits = torch.cat([d(real)[:, 0], d(fake)[:, 0]])
+    labels = torch.cat([torch.ones(64), torch.zeros(64)]).double()
+    bce = nn.functional.binary_cross_entropy_with_logits(logits[:64], labels[:64]) + \
+        nn.functional.binary_cross_entropy_with_logits(logits[64:], labels[64:])
+    assert_close(gan.discriminator_loss(d, real, fake), bce)
+
+
+def test_generator_losses_signs_and_value_at_chance():
+    """At D = 1/2 (logit 0): non-saturating loss log 2, minimax loss -log 2."""
+    x = torch.zeros(5, 1, dtype=torch.float64)
+    d = lambda y: torch.zeros(y.shape[0], dtype=torch.float64)
+    assert_close(gan.generator_loss_nonsaturating(d, x), torch.tensor(math.log(2), dtype=torch.float64))
+    assert_close(gan.generator_loss_minimax(d, x), torch.tensor(-math.log(2), dtype=torch.float64))
+    assert_close(gan.discriminator_loss(d, x, x), torch.tensor(2 * math.log(2), dtype=torch.float64))
+
+
+def test_optimal_discriminator_logit_is_log_density_ratio():
+    """For p = N(1, 1), q = N(-1, 1): the loss is minimised by the logit log p/q = 2x."""
+    g = torch.Generator().manual_seed(1)
+    real = torch.randn(20000, 1, generator=g, dtype=torch.float64) + 1
+    fake = torch.randn(20000, 1, generator=g, dtype=torch.float64) - 1
+    best = gan.discriminator_loss(lambda x: 2 * x[:, 0], real, fake)
+    for scale in (1.8, 2.2):
+        assert gan.discriminator_loss(lambda x: scale * x[:, 0], real, fake) > best
+    assert_close(gan.log_ratio(lambda x: 2 * x, torch.ones(3, 1)), torch.full((3,), 2.0))
+
+
+def _players():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2)), \
+        nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1))
+
+
+def _snapshot(m: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in m.parameters()]
+
+
+def _changed(m: nn.Module, before: list[torch.Tensor]) -> bool:
+    return any(not torch.equal(p, q) for p, q in zip(m.parameters(), before))
+
+
+def test_generator_step_moves_only_the_generator():
+    G, C = _players()
+    g_before, c_before = _snapshot(G), _snapshot(C)
+    opt = torch.optim.SGD(G.parameters(), lr=0.1)
+    gan.generator_step(G, C, opt, gan.generator_loss_wgan, torch.randn(16, 3))
+    assert _changed(G, g_before)
+    assert not _changed(C, c_before)
+    assert all(p.grad is None for p in C.parameters())  # no stray gradients left on the critic
+
+
+def test_critic_step_moves_only_the_critic():
+    G, C = _players()
+    g_before, c_before = _snapshot(G), _snapshot(C)
+    opt = torch.optim.SGD(C.parameters(), lr=0.1)
+
+    def loss(f, x, y):
+        return gan.critic_loss(f, x, y) + 10 * gan.gradient_penalty(f, x, y)
+
+    gan.critic_step(C, opt, loss, torch.randn(16, 2), G(torch.randn(16, 3)))
+    assert _changed(C, c_before)
+    assert not _changed(G, g_before)
+    assert all(p.grad is None for p in G.parameters())
+
+
+def test_mode_masses_counts_nearest_mode_within_radius():
+    means = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    x = torch.tensor([[0.1, 0.0], [9.9, 0.2], [10.1, 0.0], [5.0, 5.0]])
+    assert_close(gan.mode_masses(x, means, radius=1.0),
+                 torch.tensor([0.25, 0.5, 0.0], dtype=torch.float64))
+
+
+def test_bad_shapes_raise_clear_errors(batch):
+    real, fake = batch
+    f = linear_critic([1.0, 0.0])
+    with pytest.raises(ValueError, match="same shape"):
+        gan.gradient_penalty(f, real, fake[:10])
+    with pytest.raises(ValueError, match=r"critic must return \(B,\)"):
+        gan.critic_loss(lambda x: x, real, fake)
+    with pytest.raises(ValueError, match="means"):
+        gan.mode_masses(real, torch.zeros(3, 5), 1.0)
+
+
+def test_plot_mode_masses_draws_one_bar_per_mode_and_model():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from minigen import plot
+
+    masses = {"a": torch.tensor([0.1, 0.2, 0.3]), "b": torch.tensor([0.3, 0.3, 0.3])}
+    ax = plot.mode_masses(masses, expected=1 / 3)
+    heights = sorted(round(p.get_height(), 6) for p in ax.patches)
+    assert heights == sorted([0.1, 0.2, 0.3, 0.3, 0.3, 0.3])
+    assert ax.get_xlabel() == "mode" and ax.get_ylabel() == "mass"
+
+
+def test_mode_masses_without_radius_are_voronoi_masses_summing_to_one():
+    means = torch.tensor([[0.0, 0.0], [10.0, 0.0]])
+    x = torch.tensor([[1.0, 0.0], [4.0, 0.0], [6.0, 0.0], [30.0, 0.0]])
+    assert_close(gan.mode_masses(x, means), torch.tensor([0.5, 0.5], dtype=torch.float64))
+
+
+def test_train_gan_returns_both_losses_and_moves_both_players():
+    G, C = _players()
+    g_before, c_before = _snapshot(G), _snapshot(C)
+    target = lambda n: torch.randn(n, 2) + 2
+    seen = []
+    hist = gan.train_gan(G, C, target, 3, gan.critic_loss, gan.generator_loss_wgan, 5, batch=8,
+                         n_critic=2, final_lr_fraction=0.1, callback=seen.append)
+    assert hist.shape == (5, 2) and seen == [0, 1, 2, 3, 4]
+    assert _changed(G, g_before) and _changed(C, c_before)
+    with pytest.raises(ValueError, match="n_critic must be >= 1"):
+        gan.train_gan(G, C, target, 3, gan.critic_loss, gan.generator_loss_wgan, 5, n_critic=0)
