@@ -138,7 +138,7 @@ def c2st(x: Tensor, y: Tensor, n_folds: int = 5, hidden: int = 64, epochs: int =
     label = torch.cat([torch.zeros(len(x)), torch.ones(len(y))])
     fold = torch.randperm(len(data), generator=g) % n_folds
     accuracies = []
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(), torch.enable_grad():  # trains even when called under no_grad
         torch.manual_seed(seed)
         for k in range(n_folds):
             tr, te = fold != k, fold == k

@@ -238,3 +238,37 @@ def mode_masses(masses: Mapping[str, Tensor | np.ndarray], expected: float | Non
     ax.set(xlabel="mode", ylabel="mass", title=title)
     ax.legend(frameon=False, fontsize=8)
     return ax
+
+
+# --- Chapters 9 (source estimation) and 10 (simulation-based inference) --------------------------
+__all__ += ["samples_panels", "tradeoff"]
+
+
+def samples_panels(samples: Mapping[str, Tensor], *, bounds: tuple[float, float, float, float],
+                   xlabel: str = r"$\theta_1$", ylabel: str = r"$\theta_2$", s: float = 1.0,
+                   panel_size: float = 2.8) -> np.ndarray:
+    """One scatter panel per ``{title: (n, 2) samples}``, side by side on shared axes; returns the axes."""
+    fig, axes = plt.subplots(1, len(samples), figsize=(panel_size * len(samples), panel_size),
+                             layout="constrained", sharex=True, sharey=True, squeeze=False)
+    for ax, (title, x) in zip(axes[0], samples.items()):
+        x = _np(x)
+        ax.scatter(x[:, 0], x[:, 1], s=s, alpha=0.3, rasterized=True)
+        ax.set(xlim=bounds[:2], ylim=bounds[2:], title=title, xlabel=xlabel, aspect="equal")
+    axes[0, 0].set_ylabel(ylabel)
+    return axes[0]
+
+
+def tradeoff(x: Sequence[float], y: Sequence[float], labels: Sequence[str], *, xlabel: str,
+             ylabel: str, reference: Mapping[str, tuple[float, float]] | None = None,
+             ax: Axes | None = None, title: str | None = None) -> Axes:
+    """A curve through points ``(x_k, y_k)``, each annotated with ``labels[k]`` (e.g. the value of
+    a weight); ``reference`` adds labelled star markers ``{label: (x, y)}``."""
+    ax = _ax(ax)
+    ax.plot(x, y, "o-", ms=4, lw=1.2, label="estimates")
+    for xi, yi, text in zip(x, y, labels):
+        ax.annotate(text, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for k, (name, point) in enumerate((reference or {}).items()):
+        ax.plot(*point, "*", ms=10, color=f"C{k + 1}", label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(frameon=False, fontsize=8)
+    return ax

@@ -1,0 +1,188 @@
+r"""Simulation-based inference with learned likelihood ratios (chapter 10).
+
+A network :math:`f(x, \theta)` estimates the log likelihood ratio against a fixed reference
+:math:`\theta_{\text{ref}}`,
+
+.. math:: f(x, \theta) \approx \log r(x|\theta) = \log p(x|\theta) - \log p(x|\theta_{\text{ref}}).
+
+It is trained on pairs :math:`x \sim p(x|\theta)` (label :math:`y = 0`) and
+:math:`x \sim p(x|\theta_{\text{ref}})` (:math:`y = 1`) either as a classifier
+(:func:`classifier_loss`; the optimal :math:`s = 1/(1 + r)`), or by regression on what the
+simulator knows about its latent path: the joint ratio :math:`r(x, z)` and the joint score
+:math:`t(x, z)` (:func:`rolr_loss`, :func:`rascal_loss`, :func:`sally_loss`). A batch is a dict
+with keys ``x`` ``(n, d)``, ``theta`` ``(n, 1)``, ``y`` ``(n,)``, ``log_r_joint`` ``(n,)``,
+``t_joint`` ``(n,)`` (see :func:`ratio_training_set`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .nn import mlp
+
+__all__ = [
+    "ratio_from_classifier",
+    "RatioNet",
+    "ratio_training_set",
+    "minibatches",
+    "classifier_loss",
+    "rolr_loss",
+    "rascal_loss",
+    "sally_loss",
+    "log_ratio_and_score",
+    "calibrated_log_ratio",
+    "likelihood_interval",
+]
+
+
+def ratio_from_classifier(s: Tensor) -> Tensor:
+    r"""The likelihood ratio :math:`r = (1 - s)/s` from a classifier output :math:`s \in (0, 1)` (:eq:`eq-sbi-trick`)."""
+    if ((s <= 0) | (s >= 1)).any():
+        raise ValueError("classifier outputs must lie strictly between 0 and 1")
+    return (1 - s) / s
+
+
+class RatioNet(nn.Module):
+    r"""MLP estimate of :math:`\log r(x|\theta)` ``(n,)`` for ``x`` ``(n, d)`` and ``theta`` ``(n, k)``.
+
+    With ``theta_ref`` given, the output is :math:`g(x, \theta) - g(x, \theta_{\text{ref}})`, which
+    vanishes at the reference exactly as the true log ratio does. SiLU activations keep
+    :math:`\partial_\theta f` smooth, which the score losses need.
+    """
+
+    def __init__(self, dim_x: int, dim_theta: int = 1, hidden: int = 64, depth: int = 3,
+                 theta_ref: float | Tensor | None = None):
+        super().__init__()
+        self.net = mlp(dim_x + dim_theta, 1, hidden, depth)
+        ref = None if theta_ref is None else torch.as_tensor(theta_ref, dtype=torch.float32).reshape(1, -1)
+        self.register_buffer("theta_ref", ref)
+
+    def forward(self, x: Tensor, theta: Tensor) -> Tensor:
+        """Log ratio estimates ``(n,)``."""
+        out = self.net(torch.cat([x, theta], 1))[:, 0]
+        if self.theta_ref is None:
+            return out
+        ref = self.theta_ref.to(theta).expand(len(theta), -1)
+        return out - self.net(torch.cat([x, ref], 1))[:, 0]
+
+
+def ratio_training_set(simulator, theta: Tensor, theta_ref: float,
+                       generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    r"""Simulate one :math:`x \sim p(x|\theta_i)` and one :math:`x \sim p(x|\theta_{\text{ref}})` per ``theta`` ``(n,)``.
+
+    ``simulator`` has ``simulate(theta, generator) -> (x, z)``, ``joint_log_ratio(z, theta0,
+    theta1)`` and ``joint_score(z, theta)`` (e.g. :class:`minigen.simulators.SmearedExponential`).
+    Returns a dict of ``2n`` rows (keys as in the module docstring); the joint score is at
+    :math:`\theta_i` and is used only where ``y == 0``.
+    """
+    ref = torch.full_like(theta, theta_ref)
+    x0, z0 = simulator.simulate(theta, generator)
+    x1, z1 = simulator.simulate(ref, generator)
+    z = torch.cat([z0, z1])
+    th = torch.cat([theta, theta])
+    return {"x": torch.cat([x0, x1]), "theta": th[:, None], "y": torch.cat([torch.zeros_like(theta),
+            torch.ones_like(theta)]), "log_r_joint": simulator.joint_log_ratio(z, th, ref.repeat(2)),
+            "t_joint": simulator.joint_score(z, th)}
+
+
+def minibatches(data: dict[str, Tensor], batch_size: int,
+                generator: torch.Generator | None = None) -> Callable[[int], dict[str, Tensor]]:
+    """A ``step -> batch`` function drawing ``batch_size`` random rows of ``data`` (for :func:`minigen.train.train`)."""
+    n = len(data["y"])
+
+    def batch(step: int) -> dict[str, Tensor]:
+        idx = torch.randint(n, (min(batch_size, n),), generator=generator)
+        return {k: v[idx] for k, v in data.items()}
+
+    return batch
+
+
+def classifier_loss(net: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    r"""Cross-entropy of :math:`\hat s = \sigma(-f)` against ``y``: its minimiser is :math:`f = \log r` (:eq:`eq-sbi-ce`)."""
+    log_r = net(batch["x"], batch["theta"])
+    return F.binary_cross_entropy_with_logits(log_r, 1 - batch["y"])
+
+
+def rolr_loss(net: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    r"""ROLR: :math:`(1-y)\,|r(x,z) - \hat r(x)|^2 + y\,|1/r(x,z) - 1/\hat r(x)|^2` (:eq:`eq-sbi-rolr`)."""
+    log_r = net(batch["x"], batch["theta"])
+    y, target = batch["y"], batch["log_r_joint"]
+    err0 = (target.exp() - log_r.exp()) ** 2
+    err1 = ((-target).exp() - (-log_r).exp()) ** 2
+    return ((1 - y) * err0 + y * err1).mean()
+
+
+def log_ratio_and_score(net: nn.Module, x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
+    r""":math:`f(x, \theta)` ``(n,)`` and :math:`\partial_\theta f(x, \theta)` ``(n,)`` (graph kept for training)."""
+    theta = theta.detach().requires_grad_(True)
+    log_r = net(x, theta)
+    (score,) = torch.autograd.grad(log_r.sum(), theta, create_graph=True)
+    return log_r, score[:, 0]
+
+
+def rascal_loss(net: nn.Module, batch: dict[str, Tensor], alpha: float = 1.0) -> Tensor:
+    r"""RASCAL: ROLR plus :math:`\alpha\,(1-y)\,|t(x,z|\theta) - \partial_\theta \log\hat r(x|\theta)|^2` (:eq:`eq-sbi-rascal`)."""
+    log_r, score = log_ratio_and_score(net, batch["x"], batch["theta"])
+    y, target = batch["y"], batch["log_r_joint"]
+    err0 = (target.exp() - log_r.exp()) ** 2
+    err1 = ((-target).exp() - (-log_r).exp()) ** 2
+    err_t = (batch["t_joint"] - score) ** 2
+    return ((1 - y) * (err0 + alpha * err_t) + y * err1).mean()
+
+
+def sally_loss(net: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    r"""SALLY: :math:`|t(x, z|\theta_{\text{ref}}) - \hat t(x)|^2` for ``net(x)`` ``(n, 1)`` (:eq:`eq-sbi-sally`)."""
+    return ((batch["t_joint"] - net(batch["x"])[:, 0]) ** 2).mean()
+
+
+def calibrated_log_ratio(stat: Tensor, stat0: Tensor, stat1: Tensor, n_bins: int = 40) -> Tensor:
+    r"""Histogram calibration: :math:`\log \hat p(s|\theta_0) - \log \hat p(s|\theta_1)` at ``stat`` (:eq:`eq-sbi-calib`).
+
+    ``stat0`` ``(n0,)`` and ``stat1`` ``(n1,)`` are a statistic's values on fresh samples from
+    :math:`\theta_0` and :math:`\theta_1`; bins are equal-mass for the pooled sample, with one
+    pseudo-count per bin. Returns ``(m,)`` for ``stat`` ``(m,)``.
+    """
+    if stat0.dim() != 1 or stat1.dim() != 1 or stat.dim() != 1:
+        raise ValueError("stat, stat0 and stat1 must be 1D")
+    pooled = torch.cat([stat0, stat1]).double()
+    edges = torch.quantile(pooled, torch.linspace(0, 1, n_bins + 1, dtype=torch.float64))
+    inner = edges[1:-1].contiguous()
+
+    def log_hist(s: Tensor) -> Tensor:
+        counts = torch.bincount(torch.bucketize(s.double(), inner), minlength=n_bins) + 1.0
+        return (counts / counts.sum()).log()
+
+    table = log_hist(stat0) - log_hist(stat1)  # (n_bins,) the bin widths cancel
+    return table[torch.bucketize(stat.double(), inner)].to(stat.dtype)
+
+
+def likelihood_interval(theta: Tensor, log_lik: Tensor, level: float = 0.6827) -> tuple[float, float, float]:
+    r"""Maximum-likelihood estimate and the interval :math:`\{\theta: 2[\ell(\hat\theta) - \ell(\theta)] \le q\}`.
+
+    ``theta`` ``(m,)`` is an increasing grid and ``log_lik`` ``(m,)`` the log likelihood (up to a
+    constant) on it; :math:`q` is the ``level`` quantile of :math:`\chi^2_1` (Wilks' theorem,
+    :eq:`eq-sbi-wilks`), 1 for 68.27%. Interval ends are linearly interpolated. Returns
+    ``(mle, low, high)``.
+    """
+    if theta.shape != log_lik.shape or theta.dim() != 1:
+        raise ValueError("theta and log_lik must be 1D of equal length")
+    q = 2 * torch.special.erfinv(torch.tensor(level, dtype=torch.float64)) ** 2  # chi2_1 quantile
+    t, d = theta.double(), 2 * (log_lik.double().max() - log_lik.double())
+    k = int(d.argmin())
+    inside = d <= q
+    lo_i, hi_i = k, k
+    while lo_i > 0 and inside[lo_i - 1]:
+        lo_i -= 1
+    while hi_i < len(t) - 1 and inside[hi_i + 1]:
+        hi_i += 1
+
+    def cross(i: int, j: int) -> float:  # where d crosses q between grid points i (inside) and j
+        return float(t[i] + (q - d[i]) / (d[j] - d[i]) * (t[j] - t[i]))
+
+    low = cross(lo_i, lo_i - 1) if lo_i > 0 else float(t[0])
+    high = cross(hi_i, hi_i + 1) if hi_i < len(t) - 1 else float(t[-1])
+    return float(t[k]), low, high

@@ -1,0 +1,289 @@
+r"""Simulators written in torch: parameters :math:`\theta` in, observations :math:`x` out.
+
+Every source-estimation task (chapter 9) maps a batch of parameters ``theta`` ``(n, dim_theta)``
+to observations ``x`` ``(n, dim_x)``, differentiably in ``theta``, and carries
+
+* the box ``low, high`` ``(dim_theta,)`` in which a source distribution is sought,
+* ``sample_source(n)``: the reference source that generated the "observed" data, and
+  ``source_entropy``: its exact differential entropy (nats).
+
+The tasks, boxes and reference sources are those of the Sourcerer benchmarks
+(:eq:`eq-src-pushforward`); see chapter 9. :class:`SmearedExponential` (chapter 10) is a
+simulator with a latent variable whose likelihood can still be computed exactly
+(:eq:`eq-sbi-marginal`).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .ode import rk4_step
+
+__all__ = [
+    "Simulator",
+    "TwoMoonsSim",
+    "InverseKinematics",
+    "SLCP",
+    "GaussianMixtureSim",
+    "SIR",
+    "SmearedExponential",
+    "tasks",
+]
+
+
+def _randn(n: int, d: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.randn(n, d, generator=generator, dtype=like.dtype).to(like.device)
+
+
+def _rand(n: int, d: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.rand(n, d, generator=generator, dtype=like.dtype).to(like.device)
+
+
+class Simulator:
+    """Base class: checks shapes, then calls ``simulate``. Subclasses set the attributes below."""
+
+    name: str = "simulator"
+    dim_theta: int
+    dim_x: int
+    low: Tensor
+    high: Tensor
+    source_entropy: float
+
+    def __call__(self, theta: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Simulate ``x`` ``(n, dim_x)`` for ``theta`` ``(n, dim_theta)`` (differentiable in ``theta``)."""
+        if theta.dim() != 2 or theta.shape[1] != self.dim_theta:
+            raise ValueError(f"{self.name}: theta must have shape (n, {self.dim_theta}), "
+                             f"got {tuple(theta.shape)}")
+        return self.simulate(theta, generator)
+
+    def simulate(self, theta: Tensor, generator: torch.Generator | None) -> Tensor:
+        raise NotImplementedError
+
+    def sample_source(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Parameters ``(n, dim_theta)`` from the reference source of the benchmark."""
+        raise NotImplementedError
+
+    def box_volume_log(self) -> float:
+        """Log volume of the box: the largest entropy a source inside it can have."""
+        return float((self.high - self.low).log().sum())
+
+
+class TwoMoonsSim(Simulator):
+    r"""Two moons (sbibm): a noisy half circle shifted by :math:`(-|\theta_1+\theta_2|, \theta_2-\theta_1)/\sqrt2`.
+
+    Latents :math:`a \sim U(-\pi/2, \pi/2)`, :math:`r \sim N(0.1, 0.01^2)`; reference source
+    :math:`U[-1, 1]^2`, box :math:`[-5, 5]^2`.
+    """
+
+    name, dim_theta, dim_x = "two moons", 2, 2
+    low, high = torch.full((2,), -5.0), torch.full((2,), 5.0)
+    source_entropy = math.log(4.0)
+
+    def simulate(self, theta: Tensor, generator: torch.Generator | None) -> Tensor:
+        n = theta.shape[0]
+        a = math.pi * (_rand(n, 1, theta, generator) - 0.5)  # (n, 1)
+        r = 0.1 + 0.01 * _randn(n, 1, theta, generator)  # (n, 1)
+        p = torch.cat([r * a.cos() + 0.25, r * a.sin()], 1)  # (n, 2)
+        t1, t2 = theta[:, :1], theta[:, 1:]
+        return p + torch.cat([-(t1 + t2).abs(), t2 - t1], 1) / math.sqrt(2)
+
+    def sample_source(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return 2 * torch.rand(n, 2, generator=generator) - 1
+
+
+class InverseKinematics(Simulator):
+    r"""A planar arm: offset :math:`\theta_1`, three joint angles; :math:`x` is the hand's position.
+
+    :math:`x_1 = \theta_1 + \sum_j l_j \sin(\phi_j)`, :math:`x_2 = \sum_j l_j \cos(\phi_j)` with
+    :math:`\phi_j = \theta_2 + \dots + \theta_{j+1}` plus :math:`0.01^\circ` angle noise, arm
+    lengths (0.5, 0.5, 1). Reference source :math:`N(0, \operatorname{diag}(1/16, 1/4, 1/4, 1/4))`,
+    box :math:`[-\pi, \pi]^4`.
+    """
+
+    name, dim_theta, dim_x = "inverse kinematics", 4, 2
+    low, high = torch.full((4,), -math.pi), torch.full((4,), math.pi)
+    std = torch.tensor([0.25, 0.5, 0.5, 0.5])
+    source_entropy = float(2 * math.log(2 * math.pi * math.e) + torch.log(std).sum())
+    lengths = (0.5, 0.5, 1.0)
+    noise = 0.01 / 180 * math.pi
+
+    def simulate(self, theta: Tensor, generator: torch.Generator | None) -> Tensor:
+        phi = theta[:, 1:].cumsum(1)  # (n, 3) absolute joint angles
+        eps = self.noise * _randn(theta.shape[0], 6, theta, generator)
+        l_ = torch.tensor(self.lengths, dtype=theta.dtype, device=theta.device)
+        x1 = theta[:, 0] + (l_ * (phi + eps[:, :3]).sin()).sum(1)
+        x2 = (l_ * (phi + eps[:, 3:]).cos()).sum(1)
+        return torch.stack([x1, x2], 1)
+
+    def sample_source(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return self.std * torch.randn(n, 4, generator=generator)
+
+
+class SLCP(Simulator):
+    r"""Simple likelihood, complex posterior: four draws from a 2D Gaussian, :math:`x \in \R^8`.
+
+    Mean :math:`(\theta_1, \theta_2)`, standard deviations :math:`s_1 = \theta_3^2`,
+    :math:`s_2 = \theta_4^2`, correlation :math:`\tanh\theta_5` (plus :math:`10^{-3}` on the
+    diagonal of the covariance, as in the Sourcerer code). Reference source :math:`U[-3, 3]^5`,
+    box :math:`[-5, 5]^5`.
+    """
+
+    name, dim_theta, dim_x = "SLCP", 5, 8
+    low, high = torch.full((5,), -5.0), torch.full((5,), 5.0)
+    source_entropy = 5 * math.log(6.0)
+
+    def simulate(self, theta: Tensor, generator: torch.Generator | None) -> Tensor:
+        s1, s2, rho = theta[:, 2] ** 2, theta[:, 3] ** 2, theta[:, 4].tanh()
+        c11, c12, c22 = s1**2 + 1e-3, rho * s1 * s2, s2**2 + 1e-3
+        a = c11.sqrt()  # Cholesky factor [[a, 0], [b, c]] of the covariance
+        b = c12 / a
+        c = (c22 - b**2).clamp_min(1e-12).sqrt()
+        z = _randn(theta.shape[0], 8, theta, generator).view(-1, 4, 2)  # (n, 4, 2)
+        x1 = theta[:, None, 0] + a[:, None] * z[..., 0]
+        x2 = theta[:, None, 1] + b[:, None] * z[..., 0] + c[:, None] * z[..., 1]
+        return torch.stack([x1, x2], -1).reshape(-1, 8)
+
+    def sample_source(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return 6 * torch.rand(n, 5, generator=generator) - 3
+
+
+class GaussianMixtureSim(Simulator):
+    r""":math:`x = \theta + \sigma z` with :math:`\sigma = 1` or :math:`0.1` (probability 1/2 each).
+
+    Reference source :math:`U[0.5, 1]^2`, box :math:`[-5, 5]^2`.
+    """
+
+    name, dim_theta, dim_x = "Gaussian mixture", 2, 2
+    low, high = torch.full((2,), -5.0), torch.full((2,), 5.0)
+    source_entropy = 2 * math.log(0.5)
+
+    def simulate(self, theta: Tensor, generator: torch.Generator | None) -> Tensor:
+        n = theta.shape[0]
+        sigma = torch.where(_rand(n, 1, theta, generator) < 0.5, 0.1, 1.0)
+        return theta + sigma * _randn(n, 2, theta, generator)
+
+    def sample_source(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return 0.5 + 0.5 * torch.rand(n, 2, generator=generator)
+
+
+class SIR(Simulator):
+    r"""Epidemic SIR model: the infected fraction :math:`i(t)` on 49 days of a 160-day grid.
+
+    .. math:: \dot s = -\beta s i, \quad \dot i = \beta s i - \gamma i, \qquad s(0) = 1 - 10^{-6},\ i(0) = 10^{-6},
+
+    for :math:`\theta = (\beta, \gamma)`, integrated in log coordinates
+    :math:`(\log s, \log i)` with ``substeps`` steps of :func:`minigen.ode.rk4_step` between
+    observation times
+    (positive by construction and stable on the whole box: the Jacobian there has eigenvalues
+    :math:`\pm i\beta\sqrt{si}`, :math:`|\cdot| \le 1.5`). Deterministic, differentiable. The
+    constant :math:`i(0)` is left out of :math:`x`. Reference source: log-normal
+    :math:`\beta \sim \log N(\log 0.4, 0.5^2)`, :math:`\gamma \sim \log N(\log 0.125, 0.2^2)`;
+    box :math:`[0.001, 3]^2`.
+    """
+
+    name, dim_theta, dim_x = "SIR", 2, 49
+    low, high = torch.full((2,), 0.001), torch.full((2,), 3.0)
+    source_entropy = (math.log(0.4) + math.log(0.125)
+                      + 0.5 * math.log(2 * math.pi * math.e * 0.5**2)
+                      + 0.5 * math.log(2 * math.pi * math.e * 0.2**2))
+
+    def __init__(self, substeps: int = 2, t_max: float = 160.0, i0: float = 1e-6):
+        self.substeps, self.t_max, self.i0 = substeps, t_max, i0
+
+    def simulate(self, theta: Tensor, generator: torch.Generator | None) -> Tensor:
+        beta, gamma = theta[:, 0:1], theta[:, 1:2]
+        coef = torch.cat([-beta, beta], 1)  # (n, 2): d(log s, log i)/dt = coef * (i, s) - (0, gamma)
+        shift = torch.cat([torch.zeros_like(gamma), gamma], 1)
+        y = torch.tensor([math.log1p(-self.i0), math.log(self.i0)], dtype=theta.dtype)
+        y = y.to(theta.device).expand(theta.shape[0], 2)
+        h = self.t_max / self.dim_x / self.substeps
+
+        def f(y: Tensor, t: Tensor) -> Tensor:
+            return torch.addcmul(-shift, coef, y.flip(1).exp())
+
+        out, t = [], torch.zeros(())
+        for _ in range(self.dim_x):
+            for _ in range(self.substeps):
+                y = rk4_step(f, y, t, h)  # the field does not depend on t
+            out.append(y[:, 1])
+        return torch.stack(out, 1).exp()  # (n, 49)
+
+    def sample_source(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        z = torch.randn(n, 2, generator=generator)
+        return torch.stack([0.4 * (0.5 * z[:, 0]).exp(), 0.125 * (0.2 * z[:, 1]).exp()], 1)
+
+
+def tasks() -> dict[str, Simulator]:
+    """The five source-estimation tasks of chapter 9, by short name."""
+    return {"two_moons": TwoMoonsSim(), "ik": InverseKinematics(), "slcp": SLCP(),
+            "gmm": GaussianMixtureSim(), "sir": SIR()}
+
+
+class SmearedExponential:
+    r"""A decay time :math:`z \sim \mathrm{Exp}(\theta)` seen through a detector: :math:`x = z + \sigma\varepsilon`.
+
+    The latent :math:`z` makes :math:`p(x|\theta) = \int p(x|z)\, p(z|\theta)\, dz` an integral;
+    here it has a closed form (an exponentially modified Gaussian),
+
+    .. math:: \log p(x|\theta) = \log\theta + \tfrac12\theta^2\sigma^2 - \theta x
+              + \log\Phi(x/\sigma - \theta\sigma),
+
+    and :meth:`log_prob_quadrature` computes the integral numerically. The joint ratio and the
+    joint score only need :math:`p(z|\theta)`: :math:`\log r(x, z) = \log(\theta_0/\theta_1)
+    - (\theta_0 - \theta_1) z` and :math:`t(x, z) = 1/\theta - z` (:eq:`eq-sbi-joint`).
+    Shapes: ``theta`` ``(n,)``, ``x`` and ``z`` ``(n, 1)``.
+    """
+
+    def __init__(self, sigma: float = 0.5):
+        if sigma <= 0:
+            raise ValueError(f"sigma must be positive, got {sigma}")
+        self.sigma = sigma
+
+    @staticmethod
+    def _theta(theta: Tensor | float, n: int | None = None) -> Tensor:
+        if not isinstance(theta, Tensor):
+            theta = torch.tensor(float(theta), dtype=torch.float64)
+        if (theta <= 0).any():
+            raise ValueError("theta (the decay rate) must be positive")
+        return theta.reshape(-1, 1) if n is None else theta.reshape(-1, 1).expand(n, 1)
+
+    def simulate(self, theta: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Return ``(x, z)``, each ``(n, 1)``, for rates ``theta`` ``(n,)``."""
+        th = self._theta(theta)
+        e = torch.rand(th.shape, generator=generator, dtype=th.dtype).clamp_min(1e-12)
+        z = -e.log() / th  # (n, 1) exponential by inversion
+        x = z + self.sigma * torch.randn(th.shape, generator=generator, dtype=th.dtype)
+        return x, z
+
+    def log_prob(self, x: Tensor, theta: Tensor | float) -> Tensor:
+        r"""Exact :math:`\log p(x|\theta)` ``(n,)`` for ``x`` ``(n, 1)`` and ``theta`` ``(n,)`` or a scalar."""
+        th, s = self._theta(theta, x.shape[0] if torch.as_tensor(theta).numel() == 1 else None), self.sigma
+        th = th.to(x)
+        lp = th.log() + 0.5 * (th * s) ** 2 - th * x + torch.special.log_ndtr(x / s - th * s)
+        return lp[:, 0]
+
+    def log_prob_quadrature(self, x: Tensor, theta: Tensor | float, n_points: int = 4001) -> Tensor:
+        r""":math:`\log \int_0^{z_{\max}} p(x|z) p(z|\theta) dz` by Simpson's rule over the latent (``n_points`` odd)."""
+        if n_points < 3 or n_points % 2 == 0:
+            raise ValueError(f"Simpson's rule needs an odd n_points >= 3, got {n_points}")
+        th = self._theta(theta, x.shape[0] if torch.as_tensor(theta).numel() == 1 else None).to(x)
+        z_max = float(x.max()) + 10 * self.sigma + 40 / float(th.min())
+        z = torch.linspace(0, z_max, n_points, dtype=x.dtype)  # (m,)
+        log_joint = (th.log() - th * z - 0.5 * ((x - z) / self.sigma) ** 2
+                     - math.log(self.sigma * math.sqrt(2 * math.pi)))  # (n, m)
+        w = torch.ones(n_points, dtype=x.dtype)
+        w[1:-1:2], w[2:-1:2] = 4.0, 2.0
+        w = w * z_max / (n_points - 1) / 3
+        return torch.logsumexp(log_joint + w.log(), dim=1)
+
+    def joint_log_ratio(self, z: Tensor, theta0: Tensor | float, theta1: Tensor | float) -> Tensor:
+        r""":math:`\log r(x, z|\theta_0, \theta_1) = \log p(z|\theta_0) - \log p(z|\theta_1)`, ``(n,)``."""
+        t0 = self._theta(theta0).to(z)[:, 0]
+        t1 = self._theta(theta1).to(z)[:, 0]
+        return (t0 / t1).log() - (t0 - t1) * z[:, 0]
+
+    def joint_score(self, z: Tensor, theta: Tensor | float) -> Tensor:
+        r""":math:`t(x, z|\theta) = \partial_\theta \log p(z|\theta) = 1/\theta - z`, ``(n,)``."""
+        return 1 / self._theta(theta).to(z)[:, 0] - z[:, 0]

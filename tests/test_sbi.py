@@ -1,0 +1,117 @@
+"""Learned likelihood ratios: the classifier identity, the mining-gold losses, calibration and
+likelihood intervals."""
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+from minigen import sbi, simulators
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def gaussian_log_ratio(x):  # log N(x; 0, 1) - log N(x; 1, 1)
+    return 0.5 - x
+
+
+def test_optimal_classifier_output_gives_the_likelihood_ratio():
+    x = torch.linspace(-3, 3, 61, dtype=torch.float64)
+    p0, p1 = torch.exp(-0.5 * x**2), torch.exp(-0.5 * (x - 1) ** 2)
+    assert_close(sbi.ratio_from_classifier(p1 / (p0 + p1)), p0 / p1)
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        sbi.ratio_from_classifier(torch.tensor([0.0, 0.5]))
+
+
+class Fixed(nn.Module):
+    """A 'network' returning a known function of (x, theta) plus a trainable offset."""
+
+    def __init__(self, f):
+        super().__init__()
+        self.f, self.c = f, nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+    def forward(self, x, theta):
+        return self.f(x, theta)[:, 0] + self.c
+
+
+def test_classifier_loss_is_stationary_at_the_true_log_ratio():
+    g = gen()
+    x0 = torch.randn(200_000, 1, generator=g, dtype=torch.float64)
+    x1 = 1 + torch.randn(200_000, 1, generator=g, dtype=torch.float64)
+    batch = {"x": torch.cat([x0, x1]), "theta": torch.zeros(400_000, 1, dtype=torch.float64),
+             "y": torch.cat([torch.zeros(200_000), torch.ones(200_000)]).double()}
+    net = Fixed(lambda x, t: gaussian_log_ratio(x))
+    (grad,) = torch.autograd.grad(sbi.classifier_loss(net, batch), net.c)
+    assert abs(float(grad)) < 5e-3  # d loss / d offset = E_0[s] - E_1[1 - s] = 0 at the optimum
+
+
+def test_rolr_and_rascal_vanish_when_targets_are_met_and_rascal_adds_the_score_term():
+    x = torch.randn(100, 1, generator=gen(), dtype=torch.float64)
+    theta = torch.rand(100, 1, generator=gen(1), dtype=torch.float64) + 0.5
+    net = Fixed(lambda x, t: t**2 * x)
+    batch = {"x": x, "theta": theta, "y": (torch.arange(100) % 2).double(),
+             "log_r_joint": (theta**2 * x)[:, 0], "t_joint": (2 * theta * x)[:, 0]}
+    assert float(sbi.rolr_loss(net, batch).detach()) == 0.0
+    assert_close(sbi.rascal_loss(net, batch), torch.tensor(0.0, dtype=torch.float64))
+    batch["t_joint"] = batch["t_joint"] + 1.0
+    assert_close(sbi.rascal_loss(net, batch, alpha=3.0), torch.tensor(1.5, dtype=torch.float64))
+
+
+def test_log_ratio_and_score_is_the_theta_derivative():
+    x = torch.randn(20, 1, dtype=torch.float64)
+    theta = torch.rand(20, 1, dtype=torch.float64)
+    log_r, score = sbi.log_ratio_and_score(Fixed(lambda x, t: torch.sin(t) * x), x, theta)
+    assert_close(score, (torch.cos(theta) * x)[:, 0])
+
+
+def test_sally_loss_is_the_mean_squared_score_error():
+    net = nn.Linear(1, 1).double()
+    x = torch.randn(50, 1, dtype=torch.float64)
+    batch = {"x": x, "t_joint": torch.zeros(50, dtype=torch.float64)}
+    assert_close(sbi.sally_loss(net, batch), net(x).pow(2).mean())
+
+
+def test_ratio_net_with_reference_vanishes_at_the_reference():
+    net = sbi.RatioNet(dim_x=2, theta_ref=1.5)
+    x = torch.randn(30, 2)
+    assert_close(net(x, torch.full((30, 1), 1.5)), torch.zeros(30))
+    assert net(x, torch.full((30, 1), 0.5)).abs().sum() > 0
+
+
+def test_ratio_training_set_pairs_each_theta_with_a_reference_simulation():
+    sim = simulators.SmearedExponential()
+    data = sbi.ratio_training_set(sim, torch.tensor([0.8, 1.2, 0.9]), 1.0, gen())
+    assert data["x"].shape == (6, 1) and data["theta"].shape == (6, 1)
+    assert data["y"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert_close(data["theta"][:3, 0], data["theta"][3:, 0])
+    batch = sbi.minibatches(data, 4, gen())(0)
+    assert set(batch) == set(data) and batch["x"].shape == (4, 1)
+
+
+def test_histogram_calibration_recovers_the_ratio_and_ignores_monotone_distortions():
+    g = gen()
+    x0 = torch.randn(100_000, generator=g, dtype=torch.float64)
+    x1 = 1 + torch.randn(100_000, generator=g, dtype=torch.float64)
+    stat0, stat1 = gaussian_log_ratio(x0), gaussian_log_ratio(x1)
+    cal = sbi.calibrated_log_ratio(stat0[:2000], stat0, stat1, n_bins=50)
+    assert float((cal - stat0[:2000]).abs().mean()) < 0.1
+    distorted = sbi.calibrated_log_ratio(torch.tanh(stat0[:2000]), torch.tanh(stat0), torch.tanh(stat1), 50)
+    assert_close(distorted, cal)  # equal-mass bins move with any increasing map
+
+
+def test_calibration_rejects_2d_input():
+    with pytest.raises(ValueError, match="1D"):
+        sbi.calibrated_log_ratio(torch.zeros(3, 1), torch.zeros(3), torch.zeros(3))
+
+
+@pytest.mark.parametrize("level, z", [(0.6827, 1.0), (0.95, 1.959964)])
+def test_likelihood_interval_of_a_gaussian_log_likelihood(level, z):
+    theta = torch.linspace(-2, 4, 60_001, dtype=torch.float64)
+    mle, low, high = sbi.likelihood_interval(theta, -0.5 * ((theta - 1.0) / 0.3) ** 2, level)
+    assert math.isclose(mle, 1.0, abs_tol=1e-4)
+    assert math.isclose(low, 1.0 - z * 0.3, abs_tol=1e-3) and math.isclose(high, 1.0 + z * 0.3, abs_tol=1e-3)
+    with pytest.raises(ValueError, match="equal length"):
+        sbi.likelihood_interval(theta, theta[:-1])
