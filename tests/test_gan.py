@@ -172,3 +172,16 @@ def test_train_gan_returns_both_losses_and_moves_both_players():
     assert _changed(G, g_before) and _changed(C, c_before)
     with pytest.raises(ValueError, match="n_critic must be >= 1"):
         gan.train_gan(G, C, target, 3, gan.critic_loss, gan.generator_loss_wgan, 5, n_critic=0)
+
+
+def test_fused_r1_r2_loss_equals_sum_of_its_parts(batch):
+    torch.manual_seed(0)
+    f = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 1)).double()
+    real, fake = batch
+    expected = gan.critic_loss(f, real, fake) + 2.5 * (gan.r1_penalty(f, real) + gan.r2_penalty(f, fake))
+    got = gan.wgan_r1_r2_loss(f, real, fake, 5.0)
+    assert_close(got, expected)
+    g1 = torch.autograd.grad(got, list(f.parameters()))
+    g2 = torch.autograd.grad(expected, list(f.parameters()))
+    for a, b in zip(g1, g2):
+        assert_close(a, b)
