@@ -272,3 +272,50 @@ def tradeoff(x: Sequence[float], y: Sequence[float], labels: Sequence[str], *, x
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.legend(frameon=False, fontsize=8)
     return ax
+
+
+# --- Chapters 7 (flow matching) and 8 (optimal transport) ----------------------------------------
+__all__ += ["trajectories_2d", "transport_plan_2d"]
+
+
+def trajectories_2d(paths: Mapping[str, Tensor], *, n_show: int = 300,
+                    bounds: tuple[float, float, float, float] | None = None,
+                    panel_size: float = 3.2) -> np.ndarray:
+    """One panel per ``{title: path (T + 1, B, 2)}``: start points, ODE paths and end points."""
+    fig, axes = plt.subplots(1, len(paths), figsize=(panel_size * len(paths), panel_size),
+                             layout="constrained", sharex=True, sharey=True, squeeze=False)
+    for ax, (title, path) in zip(axes[0], paths.items()):
+        p = _np(path)[:, :n_show]
+        ax.plot(p[:, :, 0], p[:, :, 1], color="olive", lw=0.4, alpha=0.4, rasterized=True)
+        ax.scatter(p[0, :, 0], p[0, :, 1], s=3, c="k", label="$x_0$ (source)", zorder=3)
+        ax.scatter(p[-1, :, 0], p[-1, :, 1], s=3, c="C0", label="$x_1$ (model)", zorder=3)
+        ax.set(title=title, xlabel="$x_1$", aspect="equal")
+        if bounds is not None:
+            ax.set(xlim=bounds[:2], ylim=bounds[2:])
+    axes[0, 0].set_ylabel("$x_2$")
+    axes[0, 0].legend(frameon=False, fontsize=8, markerscale=3, loc="lower left")
+    return axes[0]
+
+
+def transport_plan_2d(x: Tensor, y: Tensor, plan: Tensor, *, a: Tensor | None = None,
+                      b: Tensor | None = None, ax: Axes | None = None, title: str | None = None,
+                      threshold: float = 1e-3) -> Axes:
+    """Point clouds ``x`` ``(n, 2)``, ``y`` ``(m, 2)`` joined by segments with opacity ``plan / max``.
+
+    Entries below ``threshold * max(plan)`` are not drawn; ``a``, ``b`` (weights) scale the markers.
+    """
+    ax = _ax(ax, (4, 4))
+    x, y, P = _np(x), _np(y), _np(plan)
+    from matplotlib.collections import LineCollection
+
+    i, j = np.nonzero(P > threshold * P.max())
+    colors = np.zeros((len(i), 4))
+    colors[:, :3], colors[:, 3] = 0.3, P[i, j] / P.max()
+    ax.add_collection(LineCollection(np.stack([x[i], y[j]], 1), colors=colors, linewidths=0.6))
+    sa = 12 if a is None else 12 * len(x) * _np(a)
+    sb = 12 if b is None else 12 * len(y) * _np(b)
+    ax.scatter(x[:, 0], x[:, 1], s=sa, c="C3", label="source", zorder=3)
+    ax.scatter(y[:, 0], y[:, 1], s=sb, c="C0", label="target", zorder=3)
+    ax.set(xlabel="$x_1$", ylabel="$x_2$", title=title, aspect="equal")
+    ax.legend(frameon=False, fontsize=8)
+    return ax
