@@ -289,10 +289,10 @@ def trajectories_2d(paths: Mapping[str, Tensor], *, n_show: int = 300,
         ax.plot(p[:, :, 0], p[:, :, 1], color="olive", lw=0.4, alpha=0.4, rasterized=True)
         ax.scatter(p[0, :, 0], p[0, :, 1], s=3, c="k", label="$x_0$ (source)", zorder=3)
         ax.scatter(p[-1, :, 0], p[-1, :, 1], s=3, c="C0", label="$x_1$ (model)", zorder=3)
-        ax.set(title=title, xlabel="$x_1$", aspect="equal")
+        ax.set(title=title, xlabel="first coordinate", aspect="equal")
         if bounds is not None:
             ax.set(xlim=bounds[:2], ylim=bounds[2:])
-    axes[0, 0].set_ylabel("$x_2$")
+    axes[0, 0].set_ylabel("second coordinate")
     axes[0, 0].legend(frameon=False, fontsize=8, markerscale=3, loc="lower left")
     return axes[0]
 
