@@ -236,16 +236,16 @@ def sinkhorn_log(a: Tensor, b: Tensor, M: Tensor, eps: float, n_iter: int = 1000
     Dual potentials ``f`` ``(n,)``, ``g`` ``(m,)`` updated with log-sum-exp,
     :math:`f_i = -\varepsilon \log \sum_j b_j e^{(g_j - M_{ij})/\varepsilon}` (and symmetrically),
     so nothing under- or overflows; :math:`P_{ij} = a_i b_j e^{(f_i + g_j - M_{ij})/\varepsilon}`.
-    Stops early when the column marginal error falls below ``tol``.
+    Stops early when the row-marginal error (checked every 10 iterations) falls below ``tol``.
     """
     _check_marginals(a, b, M)
     _check_eps(eps)
     log_a, log_b = a.log(), b.log()
     f, g = torch.zeros_like(a), torch.zeros_like(b)
-    for _ in range(n_iter):
+    for k in range(n_iter):
         f = -eps * torch.logsumexp(log_b[None, :] + (g[None, :] - M) / eps, dim=1)
         g = -eps * torch.logsumexp(log_a[:, None] + (f[:, None] - M) / eps, dim=0)
-        if tol > 0:
+        if tol > 0 and k % 10 == 9:
             log_P = log_a[:, None] + log_b[None, :] + (f[:, None] + g[None, :] - M) / eps
             if float((log_P.exp().sum(1) - a).abs().sum()) < tol:
                 break
