@@ -67,7 +67,7 @@ def train(model: nn.Module, loss_fn: Callable[[nn.Module, Tensor], Tensor],
         batch = batches(step) if callable(batches) else batches
         loss = loss_fn(model, batch)
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(step, float(loss))
+            raise NonFiniteLossError(step, float(loss.detach()))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip_grad is not None:
