@@ -87,7 +87,7 @@ def loglik_gap(log_p: Tensor, log_q: Tensor) -> tuple[float, float]:
     if log_p.shape != log_q.shape or log_p.dim() != 1 or len(log_p) < 2:
         raise ValueError(f"log_p and log_q must both be (N,) with N >= 2, got "
                          f"{tuple(log_p.shape)} and {tuple(log_q.shape)}")
-    diff = log_p.double() - log_q.double()
+    diff = log_p.detach().double() - log_q.detach().double()
     if not torch.isfinite(diff).all():
         raise ValueError(f"{int((~torch.isfinite(diff)).sum())} log densities are not finite")
     return float(diff.mean()), float(diff.std() / math.sqrt(len(diff)))
