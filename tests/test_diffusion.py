@@ -255,3 +255,22 @@ def test_stable_target_on_a_large_reference_is_minus_sigma_times_noised_score():
     a, s = torch.full((8,), 0.9, dtype=torch.float64), torch.full((8,), 0.6, dtype=torch.float64)
     expected = -0.6 * p.noised(0.9, 0.6).score(xt)
     assert_close(df.stable_noise_target(xt, ref, a, s), expected, atol=0.01, rtol=0)
+
+
+def test_diffusion_loss_with_grouped_stable_target_matches_its_definition():
+    sde = df.VESDE()
+    torch.manual_seed(0)
+    net = df.ScoreNet(sde, 2, sigma_data=0.7, hidden=8, depth=1).double()
+    x0 = torch.randn(6, 2, dtype=torch.float64)
+    torch.manual_seed(1)
+    loss = df.diffusion_loss(net, x0, stable_target=3)
+    torch.manual_seed(1)
+    t = 1e-3 + (1 - 1e-3) * torch.rand(6, dtype=torch.float64)
+    xt, _ = df.marginal_sample(sde, x0, t)
+    a, s = sde.alpha(t), sde.sigma(t)
+    target = torch.cat([df.stable_noise_target(xt[:3], x0[:3], a[:3], s[:3]),
+                        df.stable_noise_target(xt[3:], x0[3:], a[3:], s[3:])])
+    expected = (net.loss_weight(t) * ((net.eps(xt, t) - target) ** 2).sum(1)).mean()
+    assert_close(loss, expected)
+    with pytest.raises(ValueError, match="multiple of stable_target"):
+        df.diffusion_loss(net, x0, stable_target=4)
