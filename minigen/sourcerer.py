@@ -50,8 +50,13 @@ def kl_entropy(x: Tensor, period: Tensor | None = None, chunk: int = 2048) -> Te
         nearest = []
         for start in range(0, n, chunk):
             block = x[start:start + chunk]
-            dist = (torch.cdist(block, x) if period is None
-                    else wrap(block[:, None] - x[None]).norm(dim=-1))  # (c, n)
+            if period is None:
+                dist = torch.cdist(block, x)  # (c, n)
+            else:  # squared torus distance, one coordinate at a time: (c, n) memory only
+                dist = torch.zeros(len(block), n, dtype=x.dtype, device=x.device)
+                for k in range(d):
+                    gap = (block[:, k, None] - x[None, :, k]).abs()
+                    dist += torch.minimum(gap, period[k] - gap) ** 2
             rows = torch.arange(dist.shape[0], device=x.device)
             dist[rows, rows + start] = math.inf
             nearest.append(dist.argmin(1))
