@@ -269,6 +269,7 @@ def tradeoff(x: Sequence[float], y: Sequence[float], labels: Sequence[str], *, x
         ax.annotate(text, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
     for k, (name, point) in enumerate((reference or {}).items()):
         ax.plot(*point, "*", ms=10, color=f"C{k + 1}", label=name)
+    ax.margins(0.12)  # room for the annotations
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.legend(frameon=False, fontsize=8)
     return ax
