@@ -117,3 +117,21 @@ def test_fit_source_without_entropy_moves_the_pushforward_towards_the_data():
                                                 batch=500, lr=1e-2, n_projections=20, generator=g)
     assert history.shape == (60, 3) and (history[:, 2] == 0).all()
     assert history[-10:, 1].mean() < history[:10, 1].mean() - 0.5
+
+
+def test_plot_samples_panels_and_tradeoff_draw_their_data():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from minigen import plot
+
+    x = torch.randn(200, 2)
+    axes = plot.samples_panels({"a": x, "b": 2 * x}, bounds=(-3, 3, -3, 3))
+    assert [ax.get_title() for ax in axes] == ["a", "b"] and axes[0].get_ylabel()
+    assert_close(torch.as_tensor(axes[1].collections[0].get_offsets().data), 2 * x.double())
+    ax = plot.tradeoff([1.0, 2.0], [0.6, 0.5], ["l=0", "l=1"], xlabel="H", ylabel="C2ST",
+                       reference={"ref": (2.5, 0.5)})
+    assert ax.get_xlabel() == "H" and [t.get_text() for t in ax.texts] == ["l=0", "l=1"]
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"estimates", "ref"}
+    plt.close("all")
