@@ -177,7 +177,10 @@ class SIR(Simulator):
     :math:`(\log s, \log i)` with ``substeps`` steps of :func:`minigen.ode.rk4_step` between
     observation times
     (positive by construction and stable on the whole box: the Jacobian there has eigenvalues
-    :math:`\pm i\beta\sqrt{si}`, :math:`|\cdot| \le 1.5`). Deterministic, differentiable. The
+    :math:`\pm i\beta\sqrt{si}`, :math:`|\cdot| \le 1.5`). With the default two substeps the
+    result agrees with a 64-substep solution to :math:`3 \cdot 10^{-3}` where the reference source
+    lives, and to 0.09 in the extreme corner :math:`\beta = 3, \gamma \to 0` (the simulator *is*
+    this discretisation: data and fits use the same one). Deterministic, differentiable. The
     constant :math:`i(0)` is left out of :math:`x`. Reference source: log-normal
     :math:`\beta \sim \log N(\log 0.4, 0.5^2)`, :math:`\gamma \sim \log N(\log 0.125, 0.2^2)`;
     box :math:`[0.001, 3]^2`.
