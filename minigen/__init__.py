@@ -1,14 +1,18 @@
 """minigen: small, tested PyTorch implementations of generative models.
 
-Companion package of the minigen book. Importing ``minigen`` is fast and imports neither
-matplotlib nor POT: ``minigen.plot`` and ``minigen.ot`` are imported on demand.
+Companion package of the minigen book: one module per topic, each docstring naming the book
+equation that derives it. Importing ``minigen`` is fast and imports neither matplotlib nor POT:
+``minigen.plot`` and ``minigen.ot`` are imported on demand (``from minigen import plot, ot``).
 
 >>> import minigen
 >>> device = minigen.setup(seed=0)            # seeds, one CPU thread, CUDA when present
 >>> target = minigen.data.mixture_1d()        # 0.5 N(-1, 0.5^2) + 0.5 N(1, 0.5^2)
 """
-from . import data, metrics, nn, runtime, train
+from . import (approx, compare, data, diffusion, flow_matching, flows, gan, metrics, mmd, nn, ode,
+               optim, runtime, sbi, simulators, sourcerer, train)
 from .runtime import get_device, seed_all, setup
 
-__all__ = ["data", "metrics", "nn", "runtime", "train", "get_device", "seed_all", "setup"]
+__all__ = ["approx", "compare", "data", "diffusion", "flow_matching", "flows", "gan", "metrics",
+           "mmd", "nn", "ode", "optim", "runtime", "sbi", "simulators", "sourcerer", "train",
+           "get_device", "seed_all", "setup"]
 __version__ = "0.1.0"
