@@ -2,6 +2,11 @@
 
 Run by hand, never in CI:  ``python benchmarks/run.py [chapter-stem ...]``
 
+or, to tabulate a book build that already ran (``jupyter-book build . 2>&1 | tee build.log``)
+without executing anything again:  ``python benchmarks/run.py --from-build build.log``. The build
+executes the chapters one after another, and myst-nb logs each one's wall time; the figures are
+read from the executed notebooks in ``_build/jupyter_execute`` (the lines ``report`` printed).
+
 Each chapter in ``_toc.yml`` that is a notebook is executed in a fresh kernel (working directory
 ``book/``, one intra-op thread, progress bars off). The figures a chapter passes to
 ``minigen.runtime.report`` are collected through the ``MINIGEN_REPORT`` file. Results go to
@@ -13,6 +18,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -60,12 +66,45 @@ def run_chapter(path: Path) -> dict:
     return {"chapter": path.stem, "seconds": round(seconds, 1), "status": status, "figures": figures}
 
 
+def from_build(log: Path) -> list[dict]:
+    """Rows from a finished build: myst-nb's logged wall times, figures from the executed notebooks."""
+    pattern = re.compile(r"book/(\S+)\.md: Executed notebook in ([0-9.]+) seconds")
+    seconds = {m[1]: float(m[2]) for m in pattern.finditer(log.read_text(errors="replace"))}
+    figure_line = re.compile(r"^(\w+)\s{2,}(\S+)$")
+    rows = []
+    for path in chapters():
+        executed = ROOT / "_build" / "jupyter_execute" / "book" / f"{path.stem}.ipynb"
+        if path.stem not in seconds or not executed.exists():
+            rows.append({"chapter": path.stem, "seconds": float("nan"), "status": "not in build",
+                         "figures": {}})
+            continue
+        figures: dict = {}
+        for cell in nbformat.read(executed, as_version=4).cells:
+            if cell.cell_type != "code" or "report(" not in cell.source:
+                continue
+            for out in cell.get("outputs", []):
+                for line in out.get("text", "").splitlines():
+                    if m := figure_line.match(line.strip()):
+                        figures[m[1]] = _number(m[2])
+        rows.append({"chapter": path.stem, "seconds": seconds[path.stem], "status": "ok",
+                     "figures": figures})
+    return rows
+
+
+def _number(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def to_markdown(meta: dict, rows: list[dict]) -> str:
     lines = [f"# Chapter benchmarks ({meta['date']})", "",
              f"{meta['cores']} CPU cores, {meta['machine']}, Python {meta['python']}, "
              f"torch {meta['torch']}. One intra-op thread per chapter.", "",
-             "Wall time is the chapter's execution in a fresh kernel; `kernel_cpu_s` (among the figures) "
-             "is that kernel's CPU time, which moves little with machine load.", "",
+             meta.get("source", "Wall time is the chapter's execution in a fresh kernel; "
+                      "`kernel_cpu_s` (among the figures) is that kernel's CPU time, which moves "
+                      "little with machine load."), "",
              "| chapter | wall time (s) | status | reported figures |", "|---|---|---|---|"]
     for r in rows:
         figs = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
@@ -75,17 +114,20 @@ def to_markdown(meta: dict, rows: list[dict]) -> str:
     return "\n".join(lines + ["", f"Total: {total:.0f} s.", ""])
 
 
-def main(selected: list[str]) -> None:
-    paths = [p for p in chapters() if not selected or p.stem in selected]
+def main(args: list[str]) -> None:
     meta = {"date": datetime.date.today().isoformat(), "cores": os.cpu_count(),
             "machine": platform.machine(), "python": platform.python_version(),
             "torch": torch.__version__}
-    rows = []
-    for path in paths:
-        row = run_chapter(path)
+    if args[:1] == ["--from-build"]:
+        rows = from_build(Path(args[1]))
+        meta["source"] = f"jupyter-book build log {args[1]}"
+    else:
+        rows = []
+        for path in [p for p in chapters() if not args or p.stem in args]:
+            rows.append(run_chapter(path))
+    for row in rows:
         print(f"{row['chapter']:<28} {row['seconds']:>7.1f} s  {row['status']}  {row['figures']}",
               flush=True)
-        rows.append(row)
     out = ROOT / "benchmarks"
     (out / "results.json").write_text(json.dumps({"machine": meta, "chapters": rows}, indent=2))
     (out / "results.md").write_text(to_markdown(meta, rows))
