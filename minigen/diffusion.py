@@ -294,6 +294,8 @@ def diffusion_loss(model: ScoreNet, x0: Tensor, t_min: float = 1e-3,
     :math:`B^2`): same minimiser as ``k`` grows, far less variance. ``x0`` ``(B, d)``, ``B`` a
     multiple of ``k``.
     """
+    if isinstance(stable_target, bool) or not isinstance(stable_target, int) or stable_target < 0:
+        raise TypeError(f"stable_target is a group size, an int >= 0 (0 = off), got {stable_target!r}")
     t = t_min + (1 - t_min) * torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device)
     xt, eps = marginal_sample(model.sde, x0, t)
     if stable_target:

@@ -274,3 +274,5 @@ def test_diffusion_loss_with_grouped_stable_target_matches_its_definition():
     assert_close(loss, expected)
     with pytest.raises(ValueError, match="multiple of stable_target"):
         df.diffusion_loss(net, x0, stable_target=4)
+    with pytest.raises(TypeError, match="group size"):
+        df.diffusion_loss(net, x0, stable_target=True)  # a bool would silently mean groups of 1
