@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Callable, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -21,6 +22,7 @@ __all__ = [
     "wasserstein1_1d",
     "ks_1d",
     "sliced_wasserstein",
+    "sort_columns",
     "mmd2",
     "c2st",
     "noise_floor_ratio",
@@ -88,6 +90,23 @@ def ks_1d(x: Tensor, y: Tensor | Callable[[Tensor], Tensor]) -> float:
     return float(gap.max())
 
 
+def sort_columns(x: Tensor) -> Tensor:
+    """Each column of ``x`` ``(n, L)`` sorted ascending, differentiable like ``x.sort(dim=0).values``.
+
+    On the CPU the order comes from NumPy, whose sort was 3-7 times faster than ``torch.sort`` here
+    for the ``(20,000, 500)`` and ``(2,000, 100)`` shapes of the sliced distances; with a gradient,
+    the values are then gathered from ``x``, so autograd sees the same permutation. Elsewhere it is
+    ``torch.sort``.
+    """
+    if x.device.type != "cpu" or x.dim() != 2:
+        return x.sort(dim=0).values
+    a = np.ascontiguousarray(x.detach().numpy().T)  # (L, n): NumPy sorts contiguous rows fastest
+    if not x.requires_grad:
+        return torch.from_numpy(np.sort(a, axis=1)).T
+    order = torch.from_numpy(np.argsort(a, axis=1))  # (L, n)
+    return x.T.gather(1, order).T
+
+
 def _quantiles(sorted_x: Tensor, n: int) -> Tensor:
     """Empirical quantiles at levels (i + 1/2)/n of sorted columns ``(m, L) -> (n, L)``."""
     m = sorted_x.shape[0]
@@ -112,8 +131,8 @@ def sliced_wasserstein(x: Tensor, y: Tensor, n_projections: int = 500, p: int = 
         raise ValueError("sliced_wasserstein needs d >= 2; use wasserstein1_1d in 1D")
     theta = torch.randn(x.shape[1], n_projections, generator=generator, dtype=x.dtype)
     theta = (theta / theta.norm(dim=0, keepdim=True)).to(x.device)  # (d, L)
-    px = (x @ theta).sort(dim=0).values  # (n, L)
-    py = (y.to(x) @ theta).sort(dim=0).values  # (m, L)
+    px = sort_columns(x @ theta)  # (n, L)
+    py = sort_columns(y.to(x) @ theta)  # (m, L)
     n = max(px.shape[0], py.shape[0])
     gap = (_quantiles(px, n) - _quantiles(py, n)).abs().pow(p)
     return gap.mean().pow(1 / p)
@@ -194,6 +213,6 @@ def noise_floor_ratio(x: Tensor | Callable[[int, torch.Generator], Tensor], targ
             raise ValueError(f"model samples hold {int((~torch.isfinite(xs)).sum())} non-finite values")
         y = target.sample(n, g, dtype=torch.float64)
         y2 = target.sample(n, g, dtype=torch.float64)
-        num += d(xs.detach().double().cpu(), y)
-        den += d(y, y2)
+        num += float(d(xs.detach().double().cpu(), y))
+        den += float(d(y, y2))
     return num / den

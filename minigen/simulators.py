@@ -196,26 +196,61 @@ class SIR(Simulator):
         self.substeps, self.t_max, self.i0 = substeps, t_max, i0
 
     def simulate(self, theta: Tensor, generator: torch.Generator | None) -> Tensor:
-        beta, gamma = theta[:, 0:1], theta[:, 1:2]
-        coef = torch.cat([-beta, beta], 1)  # (n, 2): d(log s, log i)/dt = coef * (i, s) - (0, gamma)
-        shift = torch.cat([torch.zeros_like(gamma), gamma], 1)
-        y = torch.tensor([math.log1p(-self.i0), math.log(self.i0)], dtype=theta.dtype)
-        y = y.to(theta.device).expand(theta.shape[0], 2)
-        h = self.t_max / self.dim_x / self.substeps
+        return _SIRSolve.apply(theta, self)
 
-        def f(y: Tensor, t: Tensor) -> Tensor:
-            return torch.addcmul(-shift, coef, y.flip(1).exp())
+    def solve(self, theta: Tensor, sensitivities: bool = False) -> tuple[Tensor, Tensor | None]:
+        r"""Integrate for ``theta`` ``(n, 2)`` without autograd: ``x`` ``(n, 49)`` and, if asked,
+        :math:`\partial x / \partial (\beta, \gamma)` ``(2, n, 49)``.
 
-        out, t = [], torch.zeros(())
+        The sensitivities :math:`S = \partial(\log s, \log i)/\partial(\beta, \gamma)` follow the
+        variational equation :math:`\dot S = J_f S + \partial f / \partial\theta`, integrated by the
+        same RK4 steps as the state; for an explicit Runge-Kutta method this *is* the derivative of
+        the discrete solution, so the gradient equals backpropagation through the steps (to
+        rounding) at about two thirds of its cost, with no graph of 400 small operations.
+        """
+        beta, gamma = theta[:, 0], theta[:, 1]  # (n,)
+        y = theta.new_zeros(6 if sensitivities else 2, theta.shape[0])
+        y[0], y[1] = math.log1p(-self.i0), math.log(self.i0)  # (log s, log i); S(0) = 0
+
+        def f(y: Tensor, t: Tensor) -> Tensor:  # d/dt (a, b) = (-beta e^b, beta e^a - gamma)
+            e = y[:2].exp()  # (e^a, e^b)
+            be = beta * e
+            if not sensitivities:
+                return torch.stack([-be[1], be[0] - gamma])
+            a_b, a_g, b_b, b_g = y[2:]  # d(a, b)/d(beta, gamma)
+            return torch.stack([-be[1], be[0] - gamma, -e[1] - be[1] * b_b, -be[1] * b_g,
+                                e[0] + be[0] * a_b, be[0] * a_g - 1])
+
+        h, t = self.t_max / self.dim_x / self.substeps, torch.zeros(())
+        out, dout = [], []
         for _ in range(self.dim_x):
             for _ in range(self.substeps):
                 y = rk4_step(f, y, t, h)  # the field does not depend on t
-            out.append(y[:, 1])
-        return torch.stack(out, 1).exp()  # (n, 49)
+            out.append(y[1])
+            if sensitivities:
+                dout.append(y[4:6])
+        x = torch.stack(out, 1).exp()  # (n, 49)
+        return x, (torch.stack(dout, 2) * x if sensitivities else None)  # dx = x d(log i)
 
     def sample_source(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         z = torch.randn(n, 2, generator=generator)
         return torch.stack([0.4 * (0.5 * z[:, 0]).exp(), 0.125 * (0.2 * z[:, 1]).exp()], 1)
+
+
+class _SIRSolve(torch.autograd.Function):
+    """``SIR.solve`` as an autograd function: forward sensitivities give the backward pass."""
+
+    @staticmethod
+    def forward(ctx, theta: Tensor, sir: SIR) -> Tensor:  # type: ignore[override]
+        x, dx = sir.solve(theta.detach(), sensitivities=ctx.needs_input_grad[0])
+        ctx.save_for_backward(dx if dx is not None else theta.new_empty(0))
+        return x
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_x: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (dx,) = ctx.saved_tensors  # (2, n, 49)
+        return torch.einsum("knt,nt->nk", dx, grad_x), None
 
 
 def tasks() -> dict[str, Simulator]:

@@ -120,3 +120,16 @@ def test_metrics_reject_wrong_shapes():
         metrics.noise_floor_ratio(torch.full((100, 1), float("nan")), data.mixture_1d())
     with pytest.raises(ValueError, match="sample size n"):
         metrics.noise_floor_ratio(lambda n, g: torch.zeros(n, 1), data.mixture_1d())
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_sort_columns_matches_torch_sort_in_values_and_gradient(requires_grad):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(301, 7, generator=g, dtype=torch.float64, requires_grad=requires_grad)
+    w = torch.randn(301, 7, generator=g, dtype=torch.float64)
+    ours, ref = metrics.sort_columns(x), x.sort(dim=0).values
+    assert torch.equal(ours, ref)
+    if requires_grad:
+        (g_ours,) = torch.autograd.grad((ours * w).sum(), x)
+        (g_ref,) = torch.autograd.grad((ref * w).sum(), x)
+        assert torch.equal(g_ours, g_ref)
