@@ -161,11 +161,11 @@ def c2st(x: Tensor, y: Tensor, n_folds: int = 5, hidden: int = 64, epochs: int =
         torch.manual_seed(seed)
         for k in range(n_folds):
             tr, te = fold != k, fold == k
+            x_tr, label_tr = data[tr], label[tr]
             net = mlp(data.shape[1], 1, hidden, depth=2, activation=torch.nn.ReLU)
-            opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+            opt = torch.optim.Adam(net.parameters(), lr=1e-2, fused=True)
             for _ in range(epochs):
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                    net(data[tr])[:, 0], label[tr])
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x_tr)[:, 0], label_tr)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

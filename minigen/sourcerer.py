@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -36,7 +37,8 @@ def kl_entropy(x: Tensor, period: Tensor | None = None, chunk: int = 2048) -> Te
     opposite faces are glued): the estimate then has no boundary effect, and maximising it does not
     push samples against the walls of the box (:eq:`eq-src-torus`). Differentiable in ``x``;
     nearest neighbours are found ``chunk`` rows at a time, so 10,000 points need no
-    :math:`n \times n` matrix in memory. Returns a 0-d tensor (nats).
+    :math:`n \times n` matrix in memory, or, for more than ``chunk`` points on the CPU without
+    ``period``, by a k-d tree (SciPy), which gives the same neighbours. Returns a 0-d tensor (nats).
     """
     if x.dim() != 2 or x.shape[0] < 2:
         raise ValueError(f"x must be (n, d) with n >= 2, got {tuple(x.shape)}")
@@ -46,7 +48,24 @@ def kl_entropy(x: Tensor, period: Tensor | None = None, chunk: int = 2048) -> Te
 
     if period is not None:
         period = torch.as_tensor(period, dtype=x.dtype, device=x.device)
-    with torch.no_grad():  # find each point's nearest neighbour; only that pair carries gradient
+    eps = wrap(x - x[_nearest_neighbours(x, period, chunk)]).norm(dim=1)  # (n,)
+    log_vd = 0.5 * d * math.log(math.pi) - math.lgamma(1 + 0.5 * d)
+    digamma = torch.special.digamma(torch.tensor([1.0, float(n)], dtype=torch.float64))
+    return d * eps.clamp_min(1e-30).log().mean() + log_vd + float(digamma[1] - digamma[0])
+
+
+def _nearest_neighbours(x: Tensor, period: Tensor | None, chunk: int) -> Tensor:
+    """Index ``(n,)`` of each row's nearest other row of ``x`` ``(n, d)`` (on the torus if ``period``)."""
+    n, d = x.shape
+    if period is None and x.device.type == "cpu" and n > chunk:  # a k-d tree: ~50x faster here
+        from scipy.spatial import cKDTree
+        points = x.detach().double().numpy()
+        _, idx = cKDTree(points).query(points, k=2)  # (n, 2): the point itself, then its neighbour
+        nearest = torch.from_numpy(idx[:, 1].copy())
+        swapped = torch.from_numpy(idx[:, 0] != np.arange(n))  # duplicates may come in either order
+        nearest[swapped] = torch.from_numpy(idx[:, 0].copy())[swapped]
+        return nearest
+    with torch.no_grad():
         nearest = []
         for start in range(0, n, chunk):
             block = x[start:start + chunk]
@@ -60,10 +79,7 @@ def kl_entropy(x: Tensor, period: Tensor | None = None, chunk: int = 2048) -> Te
             rows = torch.arange(dist.shape[0], device=x.device)
             dist[rows, rows + start] = math.inf
             nearest.append(dist.argmin(1))
-    eps = wrap(x - x[torch.cat(nearest)]).norm(dim=1)  # (n,)
-    log_vd = 0.5 * d * math.log(math.pi) - math.lgamma(1 + 0.5 * d)
-    digamma = torch.special.digamma(torch.tensor([1.0, float(n)], dtype=torch.float64))
-    return d * eps.clamp_min(1e-30).log().mean() + log_vd + float(digamma[1] - digamma[0])
+    return torch.cat(nearest)
 
 
 class BoxSampler(nn.Module):
@@ -132,7 +148,9 @@ def fit_source(simulator: Callable[[Tensor], Tensor], x_obs: Tensor, source: Box
 
     Returns the history ``(n_steps, 3)``: loss, :math:`\\log SW_2` and entropy per step.
     """
-    opt = torch.optim.Adam(source.parameters(), lr=lr, weight_decay=weight_decay)
+    params = list(source.parameters())
+    fused = params[0].device.type in ("cpu", "cuda")  # one pass over all tensors per step
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, len(schedule))
 
     def step(k: int) -> tuple[float, float, float]:

@@ -135,3 +135,15 @@ def test_plot_samples_panels_and_tradeoff_draw_their_data():
     assert ax.get_xlabel() == "H" and [t.get_text() for t in ax.texts] == ["l=0", "l=1"]
     assert {t.get_text() for t in ax.get_legend().get_texts()} == {"estimates", "ref"}
     plt.close("all")
+
+
+def test_kl_entropy_kd_tree_path_equals_the_brute_force_search():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3000, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    tree, brute = sourcerer.kl_entropy(x, chunk=1000), sourcerer.kl_entropy(x, chunk=5000)
+    assert torch.equal(tree, brute)
+    (g_tree,), (g_brute,) = torch.autograd.grad(tree, x), torch.autograd.grad(brute, x)
+    assert torch.equal(g_tree, g_brute)
+    dup = x.detach().clone()
+    dup[7] = dup[11]  # a duplicate pair: both have a neighbour at distance 0, in either order
+    assert torch.equal(sourcerer.kl_entropy(dup, chunk=1000), sourcerer.kl_entropy(dup, chunk=5000))
