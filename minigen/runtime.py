@@ -1,14 +1,16 @@
 """Seeding, threads and device selection shared by every chapter."""
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import platform
 import random
 
 import numpy as np
 import torch
 
-__all__ = ["seed_all", "get_device", "setup", "progress_enabled", "report"]
+__all__ = ["seed_all", "get_device", "setup", "keep_freed_memory", "progress_enabled", "report"]
 
 
 def seed_all(seed: int) -> torch.Generator:
@@ -30,11 +32,33 @@ def setup(seed: int = 0, threads: int | None = 1) -> torch.device:
     One intra-op thread is the default because the book's models are small: on a 2-core machine,
     training a small MLP was measured 40 to 100 times slower with two threads while another
     process was busy (OpenMP spin-waiting). Pass ``threads=None`` to keep torch's default.
+    On Linux it also tells the C allocator to keep freed memory (:func:`keep_freed_memory`).
     """
     if threads is not None:
         torch.set_num_threads(threads)
+    keep_freed_memory()
     seed_all(seed)
     return get_device()
+
+
+def keep_freed_memory(keep_mb: int = 256) -> bool:
+    """Let glibc's ``malloc`` reuse the memory of freed tensors instead of handing it back.
+
+    By default glibc maps each block of a few MB afresh and unmaps it when freed, so every new
+    activation of that size page-faults its memory in again: sampling 20,000 points through a
+    64-unit MLP (5 MB activations) was measured twice as slow as with this setting. Blocks under
+    ``keep_mb`` MB now come from the heap, and up to ``keep_mb`` MB of free heap is kept. Returns
+    whether the setting took effect (only with glibc, as on most Linux systems); it changes no result.
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    size = keep_mb << 20
+    return bool(libc.mallopt(m_mmap_threshold, size)) and bool(libc.mallopt(m_trim_threshold, size))
 
 
 def progress_enabled() -> bool:

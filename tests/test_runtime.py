@@ -37,3 +37,9 @@ def test_importing_minigen_does_not_import_matplotlib_or_pot():
     code = "import sys, minigen; print('matplotlib' in sys.modules, 'ot' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_keep_freed_memory_takes_effect_with_glibc():
+    import platform
+
+    assert minigen.runtime.keep_freed_memory() == (platform.libc_ver()[0] == "glibc")
