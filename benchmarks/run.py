@@ -70,7 +70,7 @@ def from_build(log: Path) -> list[dict]:
     """Rows from a finished build: myst-nb's logged wall times, figures from the executed notebooks."""
     pattern = re.compile(r"book/(\S+)\.md: Executed notebook in ([0-9.]+) seconds")
     seconds = {m[1]: float(m[2]) for m in pattern.finditer(log.read_text(errors="replace"))}
-    figure_line = re.compile(r"^(\w+)\s{2,}(\S+)$")
+    figure_line = re.compile(r"^([\w.]+)\s{2,}(\S+)$")  # names may hold a dot: sweep_lambda_0.1_c2st
     rows = []
     for path in chapters():
         executed = ROOT / "_build" / "jupyter_execute" / "book" / f"{path.stem}.ipynb"
