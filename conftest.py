@@ -4,14 +4,20 @@ nbval only collects ``.ipynb`` files; this hook hands each ``book/*.md`` that is
 notebook to nbval's collector, reading it with ``jupytext.read``. Every code cell becomes a test
 item executed in one kernel per chapter (working directory: ``book/``), so a failing cell fails
 the run with its traceback. Chapters hold their quality checks as ``assert`` cells.
+
+It also starts every test function from the same global random state (``_seed_everything``).
 """
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import jupytext
 import nbval.plugin as nbval_plugin
+import numpy as np
+import pytest
+import torch
 
 ROOT = Path(__file__).parent
 os.environ["MINIGEN_PROGRESS"] = "0"  # executed chapters show results, not progress bars
@@ -59,3 +65,17 @@ def pytest_collect_file(file_path: Path, parent):
 def pytest_configure(config):
     # Chapters are executed (--nbval-lax semantics: text notebooks carry no stored outputs).
     config.option.nbval_lax = True
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything() -> None:
+    """Seed Python, NumPy and torch's global generators before each test function.
+
+    Many tests build modules whose initial weights come from torch's global generator. Under
+    ``pytest -n 2 --dist loadfile`` which tests ran earlier in the same worker (and so the state of
+    that generator) depends on how files were distributed; without this a test could pass on one
+    run and fail on the next with the same code. (Chapters seed themselves in their setup cell.)
+    """
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)

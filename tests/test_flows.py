@@ -76,9 +76,14 @@ def test_every_parameter_receives_a_gradient(case):
 
 def test_monotone_flow_density_integrates_to_one():
     flow = _randomise(flows.monotone_flow(hidden=16).double())
-    t = torch.linspace(-25, 25, 20_001, dtype=torch.float64)[:, None]
     with torch.no_grad():
+        # integrate over the preimage of [-9, 9] in the base: it holds all but ~2e-19 of the mass,
+        # wherever this random flow puts it (a fixed interval missed 8e-4 for some initialisations)
+        lo, hi = flow.inverse(torch.tensor([[-9.0], [9.0]], dtype=torch.float64))[0][:, 0]
+        t = torch.linspace(float(lo), float(hi), 20_001, dtype=torch.float64)[:, None]
         mass = torch.trapezoid(flow.log_prob(t).exp(), t[:, 0])
+    # The log-det is log h(x) exactly, f only up to Gauss-Legendre error, so the mass is 1 up to that
+    # error: below 1e-6 for 199 of 200 random initialisations, 4.6e-6 for one whose preimage reaches x = 77.
     assert_close(mass, torch.tensor(1.0, dtype=torch.float64), atol=1e-6, rtol=0)
 
 

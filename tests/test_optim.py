@@ -183,7 +183,7 @@ def test_step_with_a_closure_returns_the_loss_and_takes_the_same_step(ours, thei
             loss.backward()
             return loss
 
-        losses = [float(opt.step(closure)) for _ in range(5)]
+        losses = [float(opt.step(closure).detach()) for _ in range(5)]
         results.append((torch.tensor(losses, dtype=torch.float64), x.detach()))
     assert_close(results[0][0], results[1][0])
     assert_close(results[0][1], results[1][1])
