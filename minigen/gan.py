@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 __all__ = [
     "discriminator_loss",
@@ -36,6 +37,7 @@ __all__ = [
     "critic_step",
     "generator_step",
     "train_gan",
+    "averaged",
     "mode_masses",
 ]
 
@@ -171,14 +173,16 @@ def train_gan(generator: nn.Module, critic: nn.Module, sample_real: Callable[[in
               generator_loss: Callable[[nn.Module, Tensor], Tensor], n_steps: int, *,
               batch: int = 256, n_critic: int = 1, lr: tuple[float, float] = (1e-3, 1e-3),
               betas: tuple[float, float] = (0.5, 0.9), final_lr_fraction: float = 1.0,
+              average: AveragedModel | None = None,
               callback: Callable[[int], None] | None = None) -> Tensor:
     """Alternate ``n_critic`` critic steps and one generator step, ``n_steps`` times.
 
     Adam for both players with learning rates ``lr = (generator, critic)``, decayed linearly to
     ``final_lr_fraction`` of their start over the run (1: constant). ``sample_real(batch)``
     returns ``(batch, d)`` data; latents are standard normal ``(batch, latent_dim)``.
-    ``callback(step)`` runs after each step (e.g. to record mode masses). Runs through
-    :func:`minigen.train.loop`; returns the (critic, generator) loss history ``(n_steps, 2)``.
+    ``average`` (from :func:`averaged`) is updated with the generator's weights after every
+    generator step. ``callback(step)`` runs after each step (e.g. to record mode masses). Runs
+    through :func:`minigen.train.loop`; returns the (critic, generator) loss history ``(n_steps, 2)``.
     """
     from .train import loop
 
@@ -192,9 +196,12 @@ def train_gan(generator: nn.Module, critic: nn.Module, sample_real: Callable[[in
 
     def step(k: int) -> tuple[float, float]:
         for _ in range(n_critic):
-            fake = generator(torch.randn(batch, latent_dim))
+            with torch.no_grad():  # the critic step detaches the fakes anyway: build no graph
+                fake = generator(torch.randn(batch, latent_dim))
             c = critic_step(critic, c_opt, critic_loss, sample_real(batch), fake)
         g = generator_step(generator, critic, g_opt, generator_loss, torch.randn(batch, latent_dim))
+        if average is not None:
+            average.update_parameters(generator)
         for s in schedulers:
             s.step()
         if callback is not None:
@@ -202,6 +209,19 @@ def train_gan(generator: nn.Module, critic: nn.Module, sample_real: Callable[[in
         return c, g
 
     return loop(step, n_steps, desc="GAN")
+
+
+def averaged(generator: nn.Module, decay: float = 0.99) -> AveragedModel:
+    r"""An exponential moving average of ``generator``'s weights (:eq:`eq-gan-ema`).
+
+    :math:`\bar\theta_k = \beta \bar\theta_{k-1} + (1 - \beta)\, \theta_k` with
+    :math:`\beta` = ``decay``, started at the first update (so the random initial weights carry
+    no weight). Pass it to :func:`train_gan` as ``average``; call it like the generator. A
+    ``torch.optim.swa_utils.AveragedModel``; its ``module`` holds the averaged network.
+    """
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"decay must be in [0, 1), got {decay}")
+    return AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def mode_masses(x: Tensor, means: Tensor, radius: float | None = None) -> Tensor:

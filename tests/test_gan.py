@@ -185,3 +185,37 @@ def test_fused_r1_r2_loss_equals_sum_of_its_parts(batch):
     g2 = torch.autograd.grad(expected, list(f.parameters()))
     for a, b in zip(g1, g2):
         assert_close(a, b)
+
+
+def test_averaged_generator_is_the_exponential_moving_average_started_at_the_first_update():
+    net = nn.Linear(3, 2).double()
+    beta = 0.9
+    avg = gan.averaged(net, beta)
+    iterates = [torch.randn(2, 3, dtype=torch.float64) for _ in range(4)]
+    expected = iterates[0]  # the first update copies: the initial weights carry no weight
+    for k, w in enumerate(iterates):
+        with torch.no_grad():
+            net.weight.copy_(w)
+        avg.update_parameters(net)
+        if k > 0:
+            expected = beta * expected + (1 - beta) * w
+        assert_close(avg.module.weight, expected)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    assert_close(avg(x), x @ expected.T + avg.module.bias)  # it is called like the generator
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="decay must be in"):
+            gan.averaged(net, bad)
+
+
+def test_train_gan_updates_the_average_after_every_generator_step():
+    G, C = _players()
+    avg = gan.averaged(G, 0.5)
+    snapshots = []
+    gan.train_gan(G, C, lambda n: torch.randn(n, 2) + 2, 3, gan.critic_loss, gan.generator_loss_wgan,
+                  3, batch=8, average=avg, callback=lambda k: snapshots.append(_snapshot(G)))
+    expected = snapshots[0]
+    for snap in snapshots[1:]:
+        expected = [0.5 * e + 0.5 * s for e, s in zip(expected, snap)]
+    for a, e in zip(avg.module.parameters(), expected):
+        assert_close(a, e)
+    assert int(avg.n_averaged) == 3
