@@ -25,8 +25,11 @@ from torch import Tensor, nn
 from . import ode
 from .data import GaussianMixture
 from .nn import ConditionalMLP
+from .train import Model
 
 __all__ = [
+    "Diffusion",
+    "ReverseSDE",
     "SDE",
     "VPSDE",
     "VESDE",
@@ -266,7 +269,8 @@ class ScoreNet(nn.Module):
 
     def __init__(self, sde: SDE, dim: int, sigma_data: float = 1.0, **kwargs):
         super().__init__()
-        self.sde, self.sigma_data, self.net = sde, sigma_data, ConditionalMLP(dim, **kwargs)
+        self.sde, self.net = sde, ConditionalMLP(dim, **kwargs)
+        self.register_buffer("sigma_data", torch.tensor(float(sigma_data)))
 
     def eps(self, x: Tensor, t: Tensor | float) -> Tensor:
         """Noise prediction :math:`\\varepsilon_\\theta(x, t)`, ``(B, d)``."""
@@ -377,3 +381,69 @@ def ode_log_prob(score: Score, sde: SDE, x: Tensor, n_steps: int = 100, t_min: f
     x1, div = ode.odeint_with_divergence(probability_flow(score, sde), x, t_min, 1.0, n_steps,
                                          step, divergence)
     return sde.prior_log_prob(x1) + div
+
+
+@dataclass
+class ReverseSDE:
+    """Sampler of a :class:`Diffusion`: ``n_steps`` Euler-Maruyama steps of the reverse SDE
+    (:func:`reverse_sde_sample`, :eq:`eq-diff-reverse-sde`). The alternative is an
+    :class:`minigen.ode.Solver` on the probability-flow ODE."""
+
+    n_steps: int = 100
+
+
+class Diffusion(Model):
+    r"""A score network, its forward SDE and a sampler: a :class:`minigen.train.Model`.
+
+    ``loss(x0)`` is :func:`diffusion_loss` with the stable target (groups of ``stable_target``
+    points, :eq:`eq-diff-stf`); ``sample`` draws from the prior at :math:`t = 1` and integrates
+    back to ``t_min`` with ``sampler``: an :class:`minigen.ode.Solver` on the probability-flow
+    ODE (:eq:`eq-diff-pf-ode`, the same code as flow matching's) or :class:`ReverseSDE`.
+    ``log_prob`` always uses the ODE (:eq:`eq-diff-ode-likelihood`), with ``sampler`` if it is a
+    solver, else a default one. The defaults are chapter 6's: a VE SDE from 0.01 to 50, a
+    :class:`ScoreNet` with 3 hidden layers of 64 units and 4 Fourier frequencies up to 4,
+    20 RK4 steps. ``sigma_data=None`` takes the data's standard deviation from the first
+    training batch (:meth:`prepare`).
+    """
+
+    def __init__(self, dim: int, sde: SDE | None = None, score: ScoreNet | None = None,
+                 sigma_data: float | None = None, sampler: ode.Solver | ReverseSDE = ode.Solver(),
+                 stable_target: int = 256, t_min: float = 1e-3, hidden: int = 64, depth: int = 3,
+                 recipe: dict | None = None):
+        super().__init__()
+        self.dim, self.sde = dim, sde if sde is not None else VESDE(sigma_min=0.01, sigma_max=50.0)
+        self.score = score if score is not None else ScoreNet(
+            self.sde, dim, sigma_data=sigma_data or 1.0, hidden=hidden, depth=depth, n_freq=4,
+            max_freq=4.0)
+        self._scale_known = sigma_data is not None or score is not None
+        self.sampler, self.stable_target, self.t_min = sampler, stable_target, t_min
+        self.recipe = dict(n_steps=2_000, batch_size=1_024, lr=5e-3, schedule="cosine",
+                           **(recipe or {}))
+
+    def prepare(self, batch: Tensor) -> None:
+        """Set ``sigma_data`` to the standard deviation of the first batch, unless it was given."""
+        if not self._scale_known:
+            self.score.sigma_data.fill_(float(self._check_batch(batch).std()))
+            self._scale_known = True
+
+    def loss(self, x0: Tensor) -> Tensor:
+        return diffusion_loss(self.score, self._check_batch(x0, "x0"), self.t_min,
+                              stable_target=self.stable_target)
+
+    def velocity(self, x: Tensor, t: Tensor) -> Tensor:
+        """The probability-flow velocity :func:`probability_flow` of the score network, ``(B, d)``."""
+        return probability_flow(self.score, self.sde)(x, t)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        like = self._like()
+        x1 = self.sde.prior_sample(n, self.dim, generator).to(like)  # (n, d) at t = 1
+        if isinstance(self.sampler, ReverseSDE):
+            with torch.no_grad():
+                return reverse_sde_sample(self.score, self.sde, x1, self.sampler.n_steps,
+                                          self.t_min, generator)
+        return self.sampler.transport(self.velocity, x1, t_base=1.0, t_data=self.t_min)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        solver = self.sampler if isinstance(self.sampler, ode.Solver) else ode.Solver()
+        return solver.log_prob(self.velocity, self._check_batch(x, "x"), self.sde.prior_log_prob,
+                               t_data=self.t_min, t_base=1.0)

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.nn.functional import softplus
 
 from .nn import mlp
+from .train import Model, noise
 
 __all__ = [
     "Transform",
@@ -219,19 +220,23 @@ class Rotation(Transform):
         return z @ self.q.to(z).T, z.new_zeros(z.shape[0])
 
 
-class Flow(Transform):
+class Flow(Transform, Model):
     r"""Transforms :math:`f_1, \dots, f_L` applied in order, then a base distribution.
 
     :math:`\log q(x) = \log p_Z(f(x)) + \sum_l \log|\det J_{f_l}|` (book :eq:`eq-flow-composition`);
-    sampling runs the inverses backwards on base draws.
+    sampling runs the inverses backwards on base draws. A :class:`minigen.train.Model`: ``loss`` is
+    the negative log-likelihood :func:`nll_loss`; ``recipe`` holds the settings :func:`minigen.train.fit`
+    uses by default.
     """
 
-    def __init__(self, transforms: Sequence[Transform], base: StandardNormal):
+    def __init__(self, transforms: Sequence[Transform], base: StandardNormal,
+                 recipe: dict | None = None):
         super().__init__()
         if len(transforms) == 0:
             raise ValueError("a flow needs at least one transform")
         self.transforms = nn.ModuleList(transforms)
-        self.base = base
+        self.base, self.dim = base, base.dim
+        self.recipe = dict(recipe or {})
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         logdet = x.new_zeros(x.shape[0])
@@ -253,11 +258,14 @@ class Flow(Transform):
         return self.base.log_prob(z) + logdet
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None,
-               dtype: torch.dtype = torch.float32) -> Tensor:
-        """``(n, d)`` model samples: base draws pushed through the inverse transforms."""
-        p = next(self.parameters())
-        return self.inverse(self.base.sample(n, generator, dtype).to(p))[0]
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``(n, d)`` model samples: base draws pushed through the inverse transforms, in the
+        parameters' dtype and on their device."""
+        return self.inverse(noise((n, self.dim), self._like(), generator))[0]
+
+    def loss(self, x: Tensor) -> Tensor:
+        """The negative log-likelihood :func:`nll_loss` of a batch ``(B, d)``."""
+        return nll_loss(self, self._check_batch(x))
 
 
 def nll_loss(flow: Flow, x: Tensor) -> Tensor:
@@ -265,12 +273,16 @@ def nll_loss(flow: Flow, x: Tensor) -> Tensor:
     return -flow.log_prob(x).mean()
 
 
-def monotone_flow(hidden: int = 32, depth: int = 2, n_nodes: int = 16) -> Flow:
-    """A 1D flow: one :class:`MonotoneIntegral` onto a standard normal base."""
-    return Flow([MonotoneIntegral(hidden, depth, n_nodes)], StandardNormal(1))
+MONOTONE_RECIPE = dict(n_steps=1_500, batch_size=256, lr=1e-2, schedule="cosine")
+COUPLING_RECIPE = dict(n_steps=2_600, batch_size=512, lr=7e-3, schedule="cosine", clip_grad=1.0)
 
 
-def coupling_flow(dim: int = 2, n_layers: int = 8, hidden: int = 64, depth: int = 2,
+def monotone_flow(hidden: int = 16, depth: int = 2, n_nodes: int = 8) -> Flow:
+    """A 1D flow: one :class:`MonotoneIntegral` onto a standard normal base (chapter 3's recipe)."""
+    return Flow([MonotoneIntegral(hidden, depth, n_nodes)], StandardNormal(1), MONOTONE_RECIPE)
+
+
+def coupling_flow(dim: int = 2, n_layers: int = 12, hidden: int = 64, depth: int = 2,
                   rotate: bool = False) -> Flow:
     """An :class:`Affine` standardisation, then ``n_layers`` :class:`AffineCoupling` with alternating
     masks, each but the last followed by a fixed :class:`Rotation` when ``rotate`` (on two moons
@@ -282,4 +294,4 @@ def coupling_flow(dim: int = 2, n_layers: int = 8, hidden: int = 64, depth: int 
         transforms.append(AffineCoupling((torch.arange(dim) + layer) % 2, hidden, depth))
         if rotate and layer < n_layers - 1:
             transforms.append(Rotation(dim, seed=layer))
-    return Flow(transforms, StandardNormal(dim))
+    return Flow(transforms, StandardNormal(dim), COUPLING_RECIPE)

@@ -16,12 +16,16 @@ Every loss here is *minimised* and is a pure function of ``(network, real, fake)
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from .nn import mlp
+from .train import Model, noise
 
 __all__ = [
     "discriminator_loss",
@@ -39,6 +43,7 @@ __all__ = [
     "train_gan",
     "averaged",
     "mode_masses",
+    "GAN",
 ]
 
 Critic = Callable[[Tensor], Tensor]
@@ -239,3 +244,71 @@ def mode_masses(x: Tensor, means: Tensor, radius: float | None = None) -> Tensor
     nearest, k = dist.min(1)
     hit = nearest <= radius if radius is not None else torch.ones_like(nearest, dtype=torch.bool)
     return torch.bincount(k[hit], minlength=means.shape[0]).double() / x.shape[0]
+
+
+class GAN(Model):
+    r"""A generator and a critic (or discriminator) trained in alternation, a :class:`minigen.train.Model`.
+
+    Each step of :func:`minigen.train.fit` takes ``n_critic`` critic steps on
+    ``critic_loss(critic, real, fake)``, each on a fresh data batch, then one generator step on
+    ``generator_loss(critic, G(z))``, each player with its own Adam. With ``ema`` the samples come
+    from the exponential moving average of the generator's weights (:eq:`eq-gan-ema`). The
+    defaults are chapter 5's WGAN with R1 + R2 penalties (weight 5, :eq:`eq-gan-r1`): MLPs with 2
+    hidden layers of 64 units, 2 critic steps per generator step, learning rates
+    :math:`10^{-3}` (generator) and :math:`2\cdot10^{-3}` (critic), betas (0.5, 0.9). For the
+    vanilla GAN pass ``critic_loss=discriminator_loss``,
+    ``generator_loss=generator_loss_nonsaturating``, ``n_critic=1``, ``ema=None``.
+
+    ``loss(real)`` is the critic's loss on a data batch against fresh samples; a GAN has no
+    density (``log_prob`` raises).
+    """
+
+    def __init__(self, dim: int, latent_dim: int | None = None, hidden: int = 64, depth: int = 2,
+                 generator: nn.Module | None = None, critic: nn.Module | None = None,
+                 critic_loss: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None,
+                 generator_loss: Callable[[nn.Module, Tensor], Tensor] = generator_loss_wgan,
+                 n_critic: int = 2, ema: float | None = 0.99, recipe: dict | None = None):
+        super().__init__()
+        if n_critic < 1:
+            raise ValueError(f"n_critic must be >= 1, got {n_critic}")
+        self.dim, self.latent_dim = dim, latent_dim or dim
+        self.generator = generator if generator is not None else mlp(self.latent_dim, dim, hidden, depth)
+        self.critic = critic if critic is not None else mlp(dim, 1, hidden, depth)
+        self.critic_loss = critic_loss or partial(wgan_r1_r2_loss, gamma=5.0)
+        self.generator_loss, self.n_critic = generator_loss, n_critic
+        self.average = averaged(self.generator, ema) if ema is not None else None
+        if self.average is not None:
+            self.average.requires_grad_(False)
+        self.recipe = dict(n_steps=2_000, batch_size=256, lr={"generator": 1e-3, "critic": 2e-3},
+                           betas=(0.5, 0.9), schedule="constant", **(recipe or {}))
+
+    def players(self) -> dict[str, list[nn.Parameter]]:
+        return {"critic": list(self.critic.parameters()),
+                "generator": list(self.generator.parameters())}
+
+    def _fake(self, n: int, net: nn.Module | None = None) -> Tensor:
+        return (net or self.generator)(noise((n, self.latent_dim), self._like()))
+
+    def training_losses(self, next_batch: Callable[[], Tensor]):
+        for _ in range(self.n_critic):
+            real = self._check_batch(next_batch(), "real")
+            with torch.no_grad():  # the critic step needs no graph through the generator
+                fake = self._fake(len(real))
+            yield "critic", self.critic_loss(self.critic, real, fake)
+        yield "generator", self.generator_loss(self.critic, self._fake(len(real)))
+
+    def after_step(self) -> None:
+        if self.average is not None:
+            self.average.update_parameters(self.generator)
+
+    def loss(self, real: Tensor) -> Tensor:
+        real = self._check_batch(real, "real")
+        with torch.no_grad():
+            fake = self._fake(len(real))
+        return self.critic_loss(self.critic, real, fake)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        net = self.average.module if self.average is not None and self.average.n_averaged > 0 \
+            else self.generator
+        return net(noise((n, self.latent_dim), self._like(), generator))

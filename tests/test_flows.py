@@ -26,7 +26,7 @@ def _transforms() -> list[tuple[str, flows.Transform, int]]:
         ("coupling-2d", flows.AffineCoupling([1, 0], hidden=16), 2),
         ("coupling-3d", flows.AffineCoupling([0, 1, 0], hidden=16), 3),
         ("rotation-3d", flows.Rotation(3, seed=1), 3),
-        ("monotone-flow", flows.monotone_flow(hidden=16), 1),
+        ("monotone-flow", flows.monotone_flow(hidden=16, n_nodes=16), 1),
         ("coupling-flow", flows.coupling_flow(2, n_layers=3, hidden=16), 2),
     ]
 
@@ -75,7 +75,7 @@ def test_every_parameter_receives_a_gradient(case):
 
 
 def test_monotone_flow_density_integrates_to_one():
-    flow = _randomise(flows.monotone_flow(hidden=16).double())
+    flow = _randomise(flows.monotone_flow(hidden=16, n_nodes=16).double())
     with torch.no_grad():
         # integrate over the preimage of [-9, 9] in the base: it holds all but ~2e-19 of the mass,
         # wherever this random flow puts it (a fixed interval missed 8e-4 for some initialisations)
