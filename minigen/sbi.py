@@ -107,13 +107,24 @@ def classifier_loss(net: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     return F.binary_cross_entropy_with_logits(log_r, 1 - batch["y"])
 
 
-def rolr_loss(net: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-    r"""ROLR: :math:`(1-y)\,|r(x,z) - \hat r(x)|^2 + y\,|1/r(x,z) - 1/\hat r(x)|^2` (:eq:`eq-sbi-rolr`)."""
-    log_r = net(batch["x"], batch["theta"])
+def _rolr_error(log_r: Tensor, batch: dict[str, Tensor]) -> Tensor:
+    """Per-row ROLR error ``(n,)``: the ratio on reference rows, its inverse on rows from theta."""
     y, target = batch["y"], batch["log_r_joint"]
-    err0 = (target.exp() - log_r.exp()) ** 2
-    err1 = ((-target).exp() - (-log_r).exp()) ** 2
-    return ((1 - y) * err0 + y * err1).mean()
+    err_ref = (target.exp() - log_r.exp()) ** 2  # y = 1: x, z ~ p(x, z|theta_ref)
+    err_theta = ((-target).exp() - (-log_r).exp()) ** 2  # y = 0: x, z ~ p(x, z|theta)
+    return y * err_ref + (1 - y) * err_theta
+
+
+def rolr_loss(net: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    r"""ROLR: :math:`y\,|r(x,z) - \hat r(x)|^2 + (1-y)\,|1/r(x,z) - 1/\hat r(x)|^2` (:eq:`eq-sbi-rolr`).
+
+    :math:`r(x, z) = p(x, z|\theta)/p(x, z|\theta_{\text{ref}})` is regressed on rows simulated
+    at the reference (``y == 1``) and :math:`1/r(x, z)` on rows simulated at :math:`\theta`
+    (``y == 0``): by :eq:`eq-sbi-unbiased` the conditional mean of a joint ratio is the ratio
+    only over the latent posterior at its *denominator's* parameter, so the per-:math:`x`
+    minimiser is the exact :math:`r(x|\theta)`. Returns a scalar.
+    """
+    return _rolr_error(net(batch["x"], batch["theta"]), batch).mean()
 
 
 def log_ratio_and_score(net: nn.Module, x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
@@ -125,13 +136,14 @@ def log_ratio_and_score(net: nn.Module, x: Tensor, theta: Tensor) -> tuple[Tenso
 
 
 def rascal_loss(net: nn.Module, batch: dict[str, Tensor], alpha: float = 1.0) -> Tensor:
-    r"""RASCAL: ROLR plus :math:`\alpha\,(1-y)\,|t(x,z|\theta) - \partial_\theta \log\hat r(x|\theta)|^2` (:eq:`eq-sbi-rascal`)."""
+    r"""RASCAL: ROLR plus :math:`\alpha\,(1-y)\,|t(x,z|\theta) - \partial_\theta \log\hat r(x|\theta)|^2` (:eq:`eq-sbi-rascal`).
+
+    The score term uses the rows simulated at :math:`\theta` (``y == 0``), where
+    :math:`\E[t(x, z|\theta)|x] = \partial_\theta \log p(x|\theta)`. Returns a scalar.
+    """
     log_r, score = log_ratio_and_score(net, batch["x"], batch["theta"])
-    y, target = batch["y"], batch["log_r_joint"]
-    err0 = (target.exp() - log_r.exp()) ** 2
-    err1 = ((-target).exp() - (-log_r).exp()) ** 2
     err_t = (batch["t_joint"] - score) ** 2
-    return ((1 - y) * (err0 + alpha * err_t) + y * err1).mean()
+    return (_rolr_error(log_r, batch) + alpha * (1 - batch["y"]) * err_t).mean()
 
 
 def sally_loss(net: nn.Module, batch: dict[str, Tensor]) -> Tensor:
