@@ -7,7 +7,7 @@ A network :math:`f(x, \theta)` estimates the log likelihood ratio against a fixe
 
 It is trained on pairs :math:`x \sim p(x|\theta)` (label :math:`y = 0`) and
 :math:`x \sim p(x|\theta_{\text{ref}})` (:math:`y = 1`) either as a classifier
-(:func:`classifier_loss`; the optimal :math:`s = 1/(1 + r)`), or by regression on what the
+(:func:`classifier_loss`; the optimal output :math:`c = 1/(1 + r)`), or by regression on what the
 simulator knows about its latent path: the joint ratio :math:`r(x, z)` and the joint score
 :math:`t(x, z)` (:func:`rolr_loss`, :func:`rascal_loss`, :func:`sally_loss`). A batch is a dict
 with keys ``x`` ``(n, d)``, ``theta`` ``(n, 1)``, ``y`` ``(n,)``, ``log_r_joint`` ``(n,)``,
@@ -39,11 +39,16 @@ __all__ = [
 ]
 
 
-def ratio_from_classifier(s: Tensor) -> Tensor:
-    r"""The likelihood ratio :math:`r = (1 - s)/s` from a classifier output :math:`s \in (0, 1)` (:eq:`eq-sbi-trick`)."""
-    if ((s <= 0) | (s >= 1)).any():
-        raise ValueError("classifier outputs must lie strictly between 0 and 1")
-    return (1 - s) / s
+def ratio_from_classifier(c: Tensor) -> Tensor:
+    r"""The likelihood ratio :math:`r = (1 - c)/c` from a classifier output :math:`c \in (0, 1)` (:eq:`eq-sbi-trick`).
+
+    ``c`` is the classifier's probability that ``x`` was simulated at :math:`\theta_1`; any shape,
+    returned elementwise.
+    """
+    if ((c <= 0) | (c >= 1)).any():
+        raise ValueError(f"classifier outputs must lie strictly between 0 and 1, got values in "
+                         f"[{float(c.min()):g}, {float(c.max()):g}]")
+    return (1 - c) / c
 
 
 class RatioNet(nn.Module):
@@ -102,7 +107,7 @@ def minibatches(data: dict[str, Tensor], batch_size: int,
 
 
 def classifier_loss(net: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-    r"""Cross-entropy of :math:`\hat s = \sigma(-f)` against ``y``: its minimiser is :math:`f = \log r` (:eq:`eq-sbi-ce`)."""
+    r"""Cross-entropy of :math:`\hat c = \sigma(-f)` against ``y``: its minimiser is :math:`f = \log r` (:eq:`eq-sbi-ce`)."""
     log_r = net(batch["x"], batch["theta"])
     return F.binary_cross_entropy_with_logits(log_r, 1 - batch["y"])
 
@@ -152,7 +157,7 @@ def sally_loss(net: nn.Module, batch: dict[str, Tensor]) -> Tensor:
 
 
 def calibrated_log_ratio(stat: Tensor, stat0: Tensor, stat1: Tensor, n_bins: int = 40) -> Tensor:
-    r"""Histogram calibration: :math:`\log \hat p(s|\theta_0) - \log \hat p(s|\theta_1)` at ``stat`` (:eq:`eq-sbi-calib`).
+    r"""Histogram calibration: :math:`\log \hat p(\hat c|\theta_0) - \log \hat p(\hat c|\theta_1)` at ``stat`` (:eq:`eq-sbi-calib`).
 
     ``stat0`` ``(n0,)`` and ``stat1`` ``(n1,)`` are a statistic's values on fresh samples from
     :math:`\theta_0` and :math:`\theta_1`; bins are equal-mass for the pooled sample, with one
