@@ -7,7 +7,7 @@ A network :math:`f(x, \theta)` estimates the log likelihood ratio against a fixe
 
 It is trained on pairs :math:`x \sim p(x|\theta)` (label :math:`y = 0`) and
 :math:`x \sim p(x|\theta_{\text{ref}})` (:math:`y = 1`) either as a classifier
-(:func:`classifier_loss`; the optimal :math:`s = 1/(1 + r)`), or by regression on what the
+(:func:`classifier_loss`; the optimal output :math:`c = 1/(1 + r)`), or by regression on what the
 simulator knows about its latent path: the joint ratio :math:`r(x, z)` and the joint score
 :math:`t(x, z)` (:func:`rolr_loss`, :func:`rascal_loss`, :func:`sally_loss`). A batch is a dict
 with keys ``x`` ``(n, d)``, ``theta`` ``(n, 1)``, ``y`` ``(n,)``, ``log_r_joint`` ``(n,)``,
@@ -39,11 +39,16 @@ __all__ = [
 ]
 
 
-def ratio_from_classifier(s: Tensor) -> Tensor:
-    r"""The likelihood ratio :math:`r = (1 - s)/s` from a classifier output :math:`s \in (0, 1)` (:eq:`eq-sbi-trick`)."""
-    if ((s <= 0) | (s >= 1)).any():
-        raise ValueError("classifier outputs must lie strictly between 0 and 1")
-    return (1 - s) / s
+def ratio_from_classifier(c: Tensor) -> Tensor:
+    r"""The likelihood ratio :math:`r = (1 - c)/c` from a classifier output :math:`c \in (0, 1)` (:eq:`eq-sbi-trick`).
+
+    ``c`` is the classifier's probability that ``x`` was simulated at :math:`\theta_1`; any shape,
+    returned elementwise.
+    """
+    if ((c <= 0) | (c >= 1)).any():
+        raise ValueError(f"classifier outputs must lie strictly between 0 and 1, got values in "
+                         f"[{float(c.min()):g}, {float(c.max()):g}]")
+    return (1 - c) / c
 
 
 class RatioNet(nn.Module):
@@ -102,18 +107,29 @@ def minibatches(data: dict[str, Tensor], batch_size: int,
 
 
 def classifier_loss(net: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-    r"""Cross-entropy of :math:`\hat s = \sigma(-f)` against ``y``: its minimiser is :math:`f = \log r` (:eq:`eq-sbi-ce`)."""
+    r"""Cross-entropy of :math:`\hat c = \sigma(-f)` against ``y``: its minimiser is :math:`f = \log r` (:eq:`eq-sbi-ce`)."""
     log_r = net(batch["x"], batch["theta"])
     return F.binary_cross_entropy_with_logits(log_r, 1 - batch["y"])
 
 
-def rolr_loss(net: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-    r"""ROLR: :math:`(1-y)\,|r(x,z) - \hat r(x)|^2 + y\,|1/r(x,z) - 1/\hat r(x)|^2` (:eq:`eq-sbi-rolr`)."""
-    log_r = net(batch["x"], batch["theta"])
+def _rolr_error(log_r: Tensor, batch: dict[str, Tensor]) -> Tensor:
+    """Per-row ROLR error ``(n,)``: the ratio on reference rows, its inverse on rows from theta."""
     y, target = batch["y"], batch["log_r_joint"]
-    err0 = (target.exp() - log_r.exp()) ** 2
-    err1 = ((-target).exp() - (-log_r).exp()) ** 2
-    return ((1 - y) * err0 + y * err1).mean()
+    err_ref = (target.exp() - log_r.exp()) ** 2  # y = 1: x, z ~ p(x, z|theta_ref)
+    err_theta = ((-target).exp() - (-log_r).exp()) ** 2  # y = 0: x, z ~ p(x, z|theta)
+    return y * err_ref + (1 - y) * err_theta
+
+
+def rolr_loss(net: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    r"""ROLR: :math:`y\,|r(x,z) - \hat r(x)|^2 + (1-y)\,|1/r(x,z) - 1/\hat r(x)|^2` (:eq:`eq-sbi-rolr`).
+
+    :math:`r(x, z) = p(x, z|\theta)/p(x, z|\theta_{\text{ref}})` is regressed on rows simulated
+    at the reference (``y == 1``) and :math:`1/r(x, z)` on rows simulated at :math:`\theta`
+    (``y == 0``): by :eq:`eq-sbi-unbiased` the conditional mean of a joint ratio is the ratio
+    only over the latent posterior at its *denominator's* parameter, so the per-:math:`x`
+    minimiser is the exact :math:`r(x|\theta)`. Returns a scalar.
+    """
+    return _rolr_error(net(batch["x"], batch["theta"]), batch).mean()
 
 
 def log_ratio_and_score(net: nn.Module, x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
@@ -125,13 +141,14 @@ def log_ratio_and_score(net: nn.Module, x: Tensor, theta: Tensor) -> tuple[Tenso
 
 
 def rascal_loss(net: nn.Module, batch: dict[str, Tensor], alpha: float = 1.0) -> Tensor:
-    r"""RASCAL: ROLR plus :math:`\alpha\,(1-y)\,|t(x,z|\theta) - \partial_\theta \log\hat r(x|\theta)|^2` (:eq:`eq-sbi-rascal`)."""
+    r"""RASCAL: ROLR plus :math:`\alpha\,(1-y)\,|t(x,z|\theta) - \partial_\theta \log\hat r(x|\theta)|^2` (:eq:`eq-sbi-rascal`).
+
+    The score term uses the rows simulated at :math:`\theta` (``y == 0``), where
+    :math:`\E[t(x, z|\theta)|x] = \partial_\theta \log p(x|\theta)`. Returns a scalar.
+    """
     log_r, score = log_ratio_and_score(net, batch["x"], batch["theta"])
-    y, target = batch["y"], batch["log_r_joint"]
-    err0 = (target.exp() - log_r.exp()) ** 2
-    err1 = ((-target).exp() - (-log_r).exp()) ** 2
     err_t = (batch["t_joint"] - score) ** 2
-    return ((1 - y) * (err0 + alpha * err_t) + y * err1).mean()
+    return (_rolr_error(log_r, batch) + alpha * (1 - batch["y"]) * err_t).mean()
 
 
 def sally_loss(net: nn.Module, batch: dict[str, Tensor]) -> Tensor:
@@ -140,7 +157,7 @@ def sally_loss(net: nn.Module, batch: dict[str, Tensor]) -> Tensor:
 
 
 def calibrated_log_ratio(stat: Tensor, stat0: Tensor, stat1: Tensor, n_bins: int = 40) -> Tensor:
-    r"""Histogram calibration: :math:`\log \hat p(s|\theta_0) - \log \hat p(s|\theta_1)` at ``stat`` (:eq:`eq-sbi-calib`).
+    r"""Histogram calibration: :math:`\log \hat p(\hat c|\theta_0) - \log \hat p(\hat c|\theta_1)` at ``stat`` (:eq:`eq-sbi-calib`).
 
     ``stat0`` ``(n0,)`` and ``stat1`` ``(n1,)`` are a statistic's values on fresh samples from
     :math:`\theta_0` and :math:`\theta_1`; bins are equal-mass for the pooled sample, with one

@@ -60,6 +60,63 @@ def test_rolr_and_rascal_vanish_when_targets_are_met_and_rascal_adds_the_score_t
     assert_close(sbi.rascal_loss(net, batch, alpha=3.0), torch.tensor(1.5, dtype=torch.float64))
 
 
+def posterior_latents(sim, x, theta, k=20_001):
+    """``k`` equal-mass nodes ``(k, 1)`` of p(z|x, theta) for the decay simulator (midpoint rule in its CDF).
+
+    p(z|x, theta) is proportional to exp(-theta z) N(x; z, sigma^2) on z > 0: a normal with mean
+    x - theta sigma^2 and standard deviation sigma, truncated to z > 0.
+    """
+    mu, s = x - theta * sim.sigma**2, sim.sigma
+    u = (torch.arange(k, dtype=torch.float64) + 0.5) / k
+    below = torch.special.ndtr(torch.tensor(-mu / s, dtype=torch.float64))  # mass cut off at z < 0
+    return (mu + s * torch.special.ndtri(below + u * (1 - below)))[:, None]
+
+
+@pytest.mark.parametrize("loss", [sbi.rolr_loss, sbi.rascal_loss])
+@pytest.mark.parametrize("theta, x", [(1.4, 3.0), (1.4, 0.3), (0.7, 3.0), (0.7, 0.3)])
+def test_rolr_minimiser_at_fixed_x_is_the_exact_likelihood_ratio(loss, theta, x):
+    # The loss at one x, integrated over the latent: rows y = 0 hold z ~ p(z|x, theta), rows
+    # y = 1 hold z ~ p(z|x, theta_ref). Its minimiser over r_hat(x) must be p(x|theta)/p(x|theta_ref).
+    sim, theta_ref = simulators.SmearedExponential(sigma=0.5), 1.0
+    z = torch.cat([posterior_latents(sim, x, theta), posterior_latents(sim, x, theta_ref)])
+    n = len(z) // 2
+    batch = {"x": torch.full_like(z, x), "theta": torch.full_like(z, theta),
+             "y": torch.cat([torch.zeros(n), torch.ones(n)]).double(),
+             "log_r_joint": sim.joint_log_ratio(z, theta, theta_ref),
+             "t_joint": sim.joint_score(z, theta)}
+    x_ = torch.tensor([[x]], dtype=torch.float64)
+    exact = float(sim.log_prob(x_, theta) - sim.log_prob(x_, theta_ref))
+    # the nodes integrate eq-sbi-unbiased (error ~1/k): E[r(x, z)] over p(z|x, theta_ref) is
+    # r(x), and E[1/r(x, z)] over p(z|x, theta) is 1/r(x)
+    assert math.isclose(float(batch["log_r_joint"][n:].exp().mean().log()), exact, abs_tol=1e-5)
+    assert math.isclose(float((-batch["log_r_joint"][:n]).exp().mean().log()), -exact, abs_tol=1e-5)
+    net = Fixed(lambda x, t: 0 * t)  # log r_hat(x) = c, one free number (zero score)
+
+    def slope(c: float) -> float:
+        with torch.no_grad():
+            net.c.fill_(c)
+        (grad,) = torch.autograd.grad(loss(net, batch), net.c)
+        return float(grad)
+
+    low, high = -5.0, 5.0  # d loss / dc < 0 at c = -5 and > 0 at c = 5
+    assert slope(low) < 0 < slope(high)
+    for _ in range(60):
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if slope(mid) < 0 else (low, mid)
+    assert math.isclose(0.5 * (low + high), exact, abs_tol=1e-5)
+
+
+def test_rascal_without_the_score_term_is_rolr():
+    g = gen(2)
+    x = torch.randn(64, 1, generator=g, dtype=torch.float64)
+    theta = 0.7 + 0.7 * torch.rand(64, 1, generator=g, dtype=torch.float64)
+    batch = {"x": x, "theta": theta, "y": (torch.arange(64) % 2).double(),
+             "log_r_joint": torch.randn(64, generator=g, dtype=torch.float64),
+             "t_joint": torch.randn(64, generator=g, dtype=torch.float64)}
+    net = Fixed(lambda x, t: t * x)
+    assert_close(sbi.rascal_loss(net, batch, alpha=0.0), sbi.rolr_loss(net, batch))
+
+
 def test_log_ratio_and_score_is_the_theta_derivative():
     x = torch.randn(20, 1, dtype=torch.float64)
     theta = torch.rand(20, 1, dtype=torch.float64)
