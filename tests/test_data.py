@@ -169,7 +169,10 @@ def test_family_sampling_shapes_dtypes_and_generators(name):
     x = target.sample(500, torch.Generator().manual_seed(3), dtype=torch.float64)
     assert x.dtype == torch.float64
     assert_close(x.float(), a)  # float32 is the rounded float64 draw
-    assert target.sample(7, device="meta").device.type == "meta"
+    on_meta = target.sample(7, device="meta")  # no data: checks that no tensor is left on the CPU
+    assert on_meta.device.type == "meta" and target.log_prob(on_meta).device.type == "meta"
+    if target.dim == 1:
+        assert target.cdf(on_meta).device.type == "meta"
     logp = target.log_prob(x)
     assert logp.shape == (500,) and logp.dtype == torch.float64 and bool(logp.isfinite().all())
     assert target.log_prob(a).dtype == torch.float32
