@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -50,6 +51,7 @@ __all__ = [
     "torchcfm_moons",
     "targets",
 ]
+
 
 def _check_points(x: Tensor, d: int, name: str = "x") -> Tensor:
     """Accept ``(n, d)`` (or ``(n,)`` when ``d == 1``) and return ``(n, d)``."""
@@ -248,12 +250,12 @@ def asymmetric_1d() -> GaussianMixture:
 
 
 def skewed_mixture_1d() -> GaussianMixture:
-    """Three modes, skewed to the right: a wide heavy mode, then two narrow light ones.
+    """Three modes skewed to the right: a heavy narrow mode, then lighter and wider ones.
 
-    Weights 0.55, 0.35, 0.1 at -0.8, 0.6, 1.6 with widths 0.5, 0.15, 0.1 (ratio 5).
+    Weights 0.5, 0.35, 0.15 at -1, 0.2, 1.6 with widths 0.15, 0.35, 0.5 (ratio 3.3); skewness 0.90.
     """
-    return GaussianMixture(torch.tensor([0.55, 0.35, 0.1]),
-                           torch.tensor([[-0.8], [0.6], [1.6]]), torch.tensor([0.5, 0.15, 0.1]))
+    return GaussianMixture(torch.tensor([0.5, 0.35, 0.15]),
+                           torch.tensor([[-1.0], [0.2], [1.6]]), torch.tensor([0.15, 0.35, 0.5]))
 
 
 def four_mode_1d() -> GaussianMixture:

@@ -320,3 +320,14 @@ def test_torchcfm_moons_noise_is_uniform_and_diagonal():
     # the uniform jitter has mean 0.1 (not 0): E x = 3 ((1/2, 1/4) + 0.1 (1, 1)) - 1 = (0.8, 0.05)
     se = 5 * x.std(0) / math.sqrt(len(x))
     assert bool(((x.mean(0) - torch.tensor([0.8, 0.05], dtype=torch.float64)).abs() < se).all())
+
+
+def test_1d_mixtures_have_the_advertised_shape():
+    t = torch.linspace(-4, 4, 8001, dtype=torch.float64)
+    for target, modes in ((data.skewed_mixture_1d(), 3), (data.four_mode_1d(), 4)):
+        d = target.log_prob(t).exp().diff()
+        assert int(((d[:-1] > 0) & (d[1:] <= 0)).sum()) == modes  # local maxima of the density
+        assert float(target.weights.min()) >= 0.1 and float(target.stds.max() / target.stds.min()) >= 3
+    x = data.skewed_mixture_1d().sample(400_000, torch.Generator().manual_seed(0), torch.float64)
+    skewness = ((x - x.mean()) ** 3).mean() / x.std() ** 3
+    assert 0.85 < float(skewness) < 0.95  # 0.9045 from the mixture's moments
