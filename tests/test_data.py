@@ -327,7 +327,7 @@ def test_1d_mixtures_have_the_advertised_shape():
     for target, modes in ((data.skewed_mixture_1d(), 3), (data.four_mode_1d(), 4)):
         d = target.log_prob(t).exp().diff()
         assert int(((d[:-1] > 0) & (d[1:] <= 0)).sum()) == modes  # local maxima of the density
-        assert float(target.weights.min()) >= 0.1 and float(target.stds.max() / target.stds.min()) >= 3
+        assert float(target.weights.min()) > 0.1 - 1e-6 and float(target.stds.max() / target.stds.min()) >= 3
     x = data.skewed_mixture_1d().sample(400_000, torch.Generator().manual_seed(0), torch.float64)
     skewness = ((x - x.mean()) ** 3).mean() / x.std() ** 3
-    assert 0.85 < float(skewness) < 0.95  # 0.9045 from the mixture's moments
+    assert 0.85 < float(skewness) < 0.95  # 0.9017 from the mixture's moments
