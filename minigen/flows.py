@@ -67,8 +67,9 @@ class StandardNormal(nn.Module):
 
     def sample(self, n: int, generator: torch.Generator | None = None,
                dtype: torch.dtype = torch.float32) -> Tensor:
-        """``(n, d)`` standard normal draws."""
-        return torch.randn(n, self.dim, generator=generator, dtype=dtype)
+        """``(n, d)`` standard normal draws in ``dtype`` (on the generator's device when one is given)."""
+        device = None if generator is None else generator.device
+        return torch.randn(n, self.dim, generator=generator, dtype=dtype, device=device)
 
 
 class Affine(Transform):
