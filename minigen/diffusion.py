@@ -12,6 +12,11 @@ sampled by reversing time, either stochastically (:func:`reverse_sde_sample`,
 
 A *score* here is a function ``score(x, t)`` of ``x`` ``(B, d)`` and ``t`` ``(B,)`` returning
 ``(B, d)``.
+
+Inputs are checked: batches must be ``(B, d)`` (a 1D sample is ``x[:, None]``), step counts
+integers >= 1, noise scales and step sizes positive. Tensors that combine must share a dtype
+(else ``ValueError`` naming both; nothing is converted silently); every tensor created here
+(noise, times, prior draws) follows the input's dtype and device.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from torch import Tensor, nn
 
 from . import ode
 from .data import GaussianMixture
-from .nn import ConditionalMLP
+from .nn import ConditionalMLP, _batch, _count, _positive, _random, _same_dtype
 from .train import Model
 
 __all__ = [
@@ -64,6 +69,14 @@ def _t(t: Tensor | float, like: Tensor) -> Tensor:
     return t.reshape(-1)
 
 
+def _prior(n: int, dim: int, generator: torch.Generator | None, dtype: torch.dtype | None,
+           device: torch.device | str | None) -> Tensor:
+    """``(n, dim)`` standard normal draws in ``dtype`` on ``device`` (drawn on the generator's device)."""
+    _count(n, "n"), _count(dim, "dim")
+    like = torch.empty(0, dtype=dtype, device=device)
+    return _random(torch.randn, (n, dim), like, generator)
+
+
 class SDE(Protocol):
     r"""A forward SDE :math:`\d x = -\tfrac12 \beta_t x\,\d t + g(t)\,\d W` with Gaussian marginals."""
 
@@ -71,7 +84,9 @@ class SDE(Protocol):
     def sigma(self, t: Tensor) -> Tensor: ...
     def drift(self, x: Tensor, t: Tensor) -> Tensor: ...
     def diffusion(self, t: Tensor) -> Tensor: ...
-    def prior_sample(self, n: int, dim: int, generator: torch.Generator | None = None) -> Tensor: ...
+    def prior_sample(self, n: int, dim: int, generator: torch.Generator | None = None, *,
+                     dtype: torch.dtype | None = None,
+                     device: torch.device | str | None = None) -> Tensor: ...
     def prior_log_prob(self, x: Tensor) -> Tensor: ...
 
 
@@ -107,9 +122,11 @@ class VPSDE:
         """Diffusion coefficient :math:`g(t) = \\beta(t)^{1/2}`, ``(B,)``."""
         return self.beta(t).sqrt()
 
-    def prior_sample(self, n: int, dim: int, generator: torch.Generator | None = None) -> Tensor:
-        """Sample of the prior :math:`\\N(0, I)`, ``(n, dim)``."""
-        return torch.randn(n, dim, generator=generator)
+    def prior_sample(self, n: int, dim: int, generator: torch.Generator | None = None, *,
+                     dtype: torch.dtype | None = None,
+                     device: torch.device | str | None = None) -> Tensor:
+        """Sample of the prior :math:`\\N(0, I)`, ``(n, dim)``, in ``dtype`` on ``device`` (default: torch's)."""
+        return _prior(n, dim, generator, dtype, device)
 
     def prior_log_prob(self, x: Tensor) -> Tensor:
         """Log density of the prior :math:`\\N(0, I)` at ``x`` ``(B, d)``, ``(B,)``."""
@@ -146,9 +163,11 @@ class VESDE:
         """Diffusion coefficient :math:`g(t) = (\\d s(t)^2 / \\d t)^{1/2}`, ``(B,)``."""
         return self._s(t) * math.sqrt(2 * math.log(self.sigma_max / self.sigma_min))
 
-    def prior_sample(self, n: int, dim: int, generator: torch.Generator | None = None) -> Tensor:
-        """Sample of the prior :math:`\\N(0, s_{\\max}^2 I)`, ``(n, dim)``."""
-        return self.sigma_max * torch.randn(n, dim, generator=generator)
+    def prior_sample(self, n: int, dim: int, generator: torch.Generator | None = None, *,
+                     dtype: torch.dtype | None = None,
+                     device: torch.device | str | None = None) -> Tensor:
+        """Sample of the prior :math:`\\N(0, s_{\\max}^2 I)`, ``(n, dim)``, in ``dtype`` on ``device``."""
+        return self.sigma_max * _prior(n, dim, generator, dtype, device)
 
     def prior_log_prob(self, x: Tensor) -> Tensor:
         """Log density of the prior :math:`\\N(0, s_{\\max}^2 I)` at ``x`` ``(B, d)``, ``(B,)``."""
@@ -160,8 +179,8 @@ class VESDE:
 def marginal_sample(sde: SDE, x0: Tensor, t: Tensor | float,
                     generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     r"""Draw :math:`x_t = \alpha_t x_0 + \sigma_t \varepsilon` (:eq:`eq-diff-marginal`); returns ``(x_t, eps)``, both ``(B, d)``."""
-    t = _t(t, x0)
-    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    t = _t(t, _batch(x0, "x0"))
+    eps = _random(torch.randn, x0.shape, x0, generator)
     return sde.alpha(t)[:, None] * x0 + sde.sigma(t)[:, None] * eps, eps
 
 
@@ -214,6 +233,11 @@ def stable_noise_target(xt: Tensor, reference: Tensor, alpha: Tensor, sigma: Ten
     :math:`y_j` (which should include the point each :math:`x_{t,i}` was made from).
     ``xt`` ``(B, d)``, ``reference`` ``(R, d)``, ``alpha``, ``sigma`` ``(B,)``; returns ``(B, d)``.
     """
+    _batch(xt, "xt"), _batch(reference, "reference")
+    if reference.shape[1] != xt.shape[1]:
+        raise ValueError(f"xt is {tuple(xt.shape)} but reference is {tuple(reference.shape)}: "
+                         f"the points must have the same dimension")
+    _same_dtype(xt=xt, reference=reference)
     a, s = alpha[:, None], sigma[:, None]  # (B, 1)
     u = a / s**2
     # log w_ij = u x_i.y_j - u a |y_j|^2 / 2 + (a constant per row, which the softmax drops):
@@ -250,7 +274,8 @@ def dsm_loss(score: Callable[[Tensor], Tensor], x0: Tensor, sigma: float,
 
     Its minimiser is the score of the *noised* density :math:`p * \N(0, \sigma^2 I)`; ``x0`` ``(B, d)``.
     """
-    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    _batch(x0, "x0"), _positive(sigma, "sigma")
+    eps = _random(torch.randn, x0.shape, x0, generator)
     return 0.5 * ((score(x0 + sigma * eps) + eps / sigma) ** 2).sum(1).mean()
 
 
@@ -304,6 +329,9 @@ def diffusion_loss(model: ScoreNet, x0: Tensor, t_min: float = 1e-3,
     """
     if isinstance(stable_target, bool) or not isinstance(stable_target, int) or stable_target < 0:
         raise TypeError(f"stable_target is a group size, an int >= 0 (0 = off), got {stable_target!r}")
+    _batch(x0, "x0")
+    if not 0 <= t_min < 1:
+        raise ValueError(f"t_min must lie in [0, 1), got {t_min}")
     t = t_min + (1 - t_min) * torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device)
     xt, eps = marginal_sample(model.sde, x0, t)
     if stable_target:
@@ -319,9 +347,13 @@ def diffusion_loss(model: ScoreNet, x0: Tensor, t_min: float = 1e-3,
 
 def langevin(score: Callable[[Tensor], Tensor], x: Tensor, step_size: float, n_steps: int,
              generator: torch.Generator | None = None) -> Tensor:
-    r"""Unadjusted Langevin :math:`x \leftarrow x + \eta\, s(x) + \sqrt{2\eta}\, z` (:eq:`eq-diff-langevin`); ``x`` ``(B, d)``."""
+    r"""Unadjusted Langevin :math:`x \leftarrow x + \eta\, s(x) + \sqrt{2\eta}\, z` (:eq:`eq-diff-langevin`); ``x`` ``(B, d)``.
+
+    ``step_size`` :math:`\eta > 0`, ``n_steps >= 1``; :math:`z` is drawn in ``x``'s dtype on its device.
+    """
+    _batch(x, "x"), _positive(step_size, "step_size"), _count(n_steps, "n_steps")
     for _ in range(n_steps):
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        z = _random(torch.randn, x.shape, x, generator)
         x = x + step_size * score(x) + math.sqrt(2 * step_size) * z
     return x
 
@@ -333,6 +365,9 @@ def annealed_langevin(score: Score, sde: SDE, x: Tensor, ts: Tensor, n_steps: in
     At level :math:`t_i` the step is :math:`\eta_i = \eta\,\sigma_{t_i}^2/\sigma_{t_L}^2`, where
     :math:`t_L` is the last (smallest) level; ``ts`` ``(L,)`` decreasing, ``x`` ``(B, d)``.
     """
+    _batch(x, "x"), _positive(step_size, "step_size"), _count(n_steps, "n_steps")
+    if ts.dim() != 1 or ts.numel() == 0:
+        raise ValueError(f"ts must be a non-empty vector of noise levels (L,), got shape {tuple(ts.shape)}")
     sigmas = sde.sigma(ts.to(x))
     for t, s in zip(ts.to(x), sigmas):
         eta = step_size * float(s / sigmas[-1]) ** 2
@@ -344,16 +379,20 @@ def reverse_sde_sample(score: Score, sde: SDE, x1: Tensor, n_steps: int = 500,
                        t_min: float = 1e-3, generator: torch.Generator | None = None) -> Tensor:
     r"""Euler-Maruyama on the reverse SDE :math:`\d x = [f - g^2 s]\,\d t + g\,\d\bar W` from 1 to ``t_min`` (:eq:`eq-diff-reverse-sde`).
 
-    ``x1`` ``(B, d)`` from the prior; the last step adds no noise. Returns ``(B, d)``.
+    ``x1`` ``(B, d)`` from the prior; the last step adds no noise (drawn in ``x1``'s dtype on its
+    device). ``n_steps >= 1``, ``0 <= t_min < 1``. Returns ``(B, d)``.
     """
-    ts = torch.linspace(1.0, t_min, n_steps + 1, dtype=x1.dtype)
+    _batch(x1, "x1"), _count(n_steps, "n_steps")
+    if not 0 <= t_min < 1:
+        raise ValueError(f"t_min must lie in [0, 1), got {t_min}")
+    ts = torch.linspace(1.0, t_min, n_steps + 1, dtype=x1.dtype)  # scalars only: stays on the CPU
     x = x1
     for k in range(n_steps):
         t, h = _t(ts[k], x), float(ts[k] - ts[k + 1])
         g = sde.diffusion(t)[:, None]
         x = x - (sde.drift(x, t) - g**2 * score(x, t)) * h
         if k < n_steps - 1:
-            x = x + g * math.sqrt(h) * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+            x = x + g * math.sqrt(h) * _random(torch.randn, x.shape, x, generator)
     return x
 
 
@@ -367,6 +406,8 @@ def probability_flow(score: Score, sde: SDE) -> Callable[[Tensor, Tensor], Tenso
 def ode_sample(score: Score, sde: SDE, x1: Tensor, n_steps: int = 25, t_min: float = 1e-3,
                step: ode.Step = ode.rk4_step) -> Tensor:
     """Integrate the probability-flow ODE from ``t = 1`` down to ``t_min``; ``x1`` ``(B, d)`` from the prior."""
+    if not 0 <= t_min < 1:
+        raise ValueError(f"t_min must lie in [0, 1), got {t_min}")
     return ode.odeint(probability_flow(score, sde), x1, 1.0, t_min, n_steps, step)
 
 
@@ -378,6 +419,8 @@ def ode_log_prob(score: Score, sde: SDE, x: Tensor, n_steps: int = 100, t_min: f
     :math:`\log q(x) = \log \pi(x_1) + \int_{t_{\min}}^1 \nabla\cdot v(x_t, t)\,\d t`, integrating
     the probability-flow ODE forward from the data point; returns ``(B,)``.
     """
+    if not 0 <= t_min < 1:
+        raise ValueError(f"t_min must lie in [0, 1), got {t_min}")
     x1, div = ode.odeint_with_divergence(probability_flow(score, sde), x, t_min, 1.0, n_steps,
                                          step, divergence)
     return sde.prior_log_prob(x1) + div
@@ -436,7 +479,7 @@ class Diffusion(Model):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         like = self._like()
-        x1 = self.sde.prior_sample(n, self.dim, generator).to(like)  # (n, d) at t = 1
+        x1 = self.sde.prior_sample(n, self.dim, generator, dtype=like.dtype, device=like.device)
         if isinstance(self.sampler, ReverseSDE):
             with torch.no_grad():
                 return reverse_sde_sample(self.score, self.sde, x1, self.sampler.n_steps,

@@ -10,6 +10,10 @@ A *coupling* draws pairs :math:`(x_0, x_1)` with :math:`x_0 \sim p_0` (the sourc
 
 recovers the marginal velocity :math:`v(x, t) = \E[u_t \mid x_t = x]`, whose ODE carries
 :math:`p_0` to :math:`p_1`. Chapter 7 derives all of it; solvers live in :mod:`minigen.ode`.
+
+Inputs are checked: batches are ``(B, d)``, ``x0`` and ``x1`` have the same shape and the same
+dtype (tensors that combine must share a dtype, else ``ValueError`` naming both; nothing is
+converted silently), and random draws (``t``, noise) are made in the inputs' dtype on their device.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from torch import Tensor, nn
 
 from . import ode
 from .flows import StandardNormal
-from .nn import ConditionalMLP
+from .nn import ConditionalMLP, _batch, _random, _same_dtype
 from .train import Model
 
 __all__ = [
@@ -89,6 +93,15 @@ def independent_coupling(x0: Tensor, x1: Tensor) -> tuple[Tensor, Tensor]:
     return x0, x1
 
 
+def _pair(x0: Tensor, x1: Tensor) -> None:
+    """``x0`` and ``x1``: batches ``(B, d)`` of the same shape and dtype."""
+    _batch(x0, "x0"), _batch(x1, "x1")
+    if x0.shape != x1.shape:
+        raise ValueError(f"x0 and x1 must both be (B, d) of the same shape (coupled pairs), got "
+                         f"{tuple(x0.shape)} and {tuple(x1.shape)} (no broadcasting)")
+    _same_dtype(x0=x0, x1=x1)
+
+
 def ot_coupling(x0: Tensor, x1: Tensor) -> tuple[Tensor, Tensor]:
     r"""Minibatch optimal-transport coupling (:eq:`eq-fm-minibatch-ot`): re-pair ``x1`` ``(B, d)``.
 
@@ -97,8 +110,7 @@ def ot_coupling(x0: Tensor, x1: Tensor) -> tuple[Tensor, Tensor]:
     rearrangement is optimal for a convex cost), by ``ot.emd`` otherwise
     (:func:`minigen.ot.ot_permutation`).
     """
-    if x0.shape != x1.shape or x0.dim() != 2:
-        raise ValueError(f"x0 and x1 must both be (B, d), got {tuple(x0.shape)}, {tuple(x1.shape)}")
+    _pair(x0, x1)
     if x0.shape[1] == 1:
         sigma = torch.empty_like(x0[:, 0], dtype=torch.long)
         sigma[x0[:, 0].argsort()] = x1[:, 0].argsort()  # i-th smallest x0 <-> i-th smallest x1
@@ -116,12 +128,16 @@ def cfm_loss(model: Field, x0: Tensor, x1: Tensor,
     :math:`t \sim U(0, 1)`; :math:`x_t` is the interpolant plus :math:`\sigma z` with
     :math:`z \sim \mathcal N(0, I)` when ``sigma > 0`` (torchcfm's :math:`\sigma_{\min}`; a
     constant :math:`\sigma` leaves the target :math:`u_t` unchanged). Returns
-    :math:`\frac1B \sum_i \|v_\theta(x_{t,i}, t_i) - u_{t,i}\|^2`, a 0-d tensor.
+    :math:`\frac1B \sum_i \|v_\theta(x_{t,i}, t_i) - u_{t,i}\|^2`, a 0-d tensor. ``x0`` and
+    ``x1`` must have the same shape and dtype (no broadcasting).
     """
-    t = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype).to(x0.device)  # (B,)
+    _pair(x0, x1)
+    if not sigma >= 0:
+        raise ValueError(f"sigma must be >= 0, got {sigma}")
+    t = _random(torch.rand, (x0.shape[0],), x0, generator)  # (B,)
     xt = interpolant(x0, x1, t)  # (B, d)
     if sigma > 0:
-        xt = xt + sigma * torch.randn(xt.shape, generator=generator, dtype=xt.dtype).to(xt.device)
+        xt = xt + sigma * _random(torch.randn, xt.shape, xt, generator)
     ut = interpolant.velocity(x0, x1, t)  # (B, d)
     return ((model(xt, t) - ut) ** 2).sum(1).mean()
 

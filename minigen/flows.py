@@ -19,8 +19,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.functional import softplus
 
-from .nn import mlp
-from .train import Model, noise
+from .nn import _random, mlp
+from .train import Model
 
 __all__ = [
     "Transform",
@@ -68,8 +68,9 @@ class StandardNormal(nn.Module):
 
     def sample(self, n: int, generator: torch.Generator | None = None,
                dtype: torch.dtype = torch.float32) -> Tensor:
-        """``(n, d)`` standard normal draws."""
-        return torch.randn(n, self.dim, generator=generator, dtype=dtype)
+        """``(n, d)`` standard normal draws in ``dtype`` (on the generator's device when one is given)."""
+        device = None if generator is None else generator.device
+        return torch.randn(n, self.dim, generator=generator, dtype=dtype, device=device)
 
 
 class Affine(Transform):
@@ -261,7 +262,7 @@ class Flow(Transform, Model):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``(n, d)`` model samples: base draws pushed through the inverse transforms, in the
         parameters' dtype and on their device."""
-        return self.inverse(noise((n, self.dim), self._like(), generator))[0]
+        return self.inverse(_random(torch.randn, (n, self.dim), self._like(), generator))[0]
 
     def loss(self, x: Tensor) -> Tensor:
         """The negative log-likelihood :func:`nll_loss` of a batch ``(B, d)``."""

@@ -13,6 +13,10 @@ whose minimiser :math:`D^* = p / (p + q_\theta)` makes the logit the log density
 
 Every loss here is *minimised* and is a pure function of ``(network, real, fake)``; the steps
 :func:`critic_step` and :func:`generator_step` update one player's parameters only.
+
+Batches are checked: ``real`` and ``fake`` must be ``(B, d)`` with the same ``d`` (a 1D sample is
+``x[:, None]``) and the same dtype (tensors that combine must share a dtype, else ``ValueError``
+naming both; nothing is converted silently).
 """
 from __future__ import annotations
 
@@ -24,8 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from .nn import mlp
-from .train import Model, noise
+from .nn import _batch, _random, _same_dtype, mlp
+from .train import Model
 
 __all__ = [
     "discriminator_loss",
@@ -60,22 +64,34 @@ def _out(f: Critic, x: Tensor) -> Tensor:
     return y
 
 
+def _real_fake(real: Tensor, fake: Tensor) -> None:
+    """``real`` ``(B, d)`` and ``fake`` ``(B', d)``: the same dimension and dtype."""
+    _batch(real, "real"), _batch(fake, "fake")
+    if real.shape[1:] != fake.shape[1:]:
+        raise ValueError(f"real and fake must have the same dimension d, got real {tuple(real.shape)} "
+                         f"and fake {tuple(fake.shape)}")
+    _same_dtype(real=real, fake=fake)
+
+
 def discriminator_loss(disc: Critic, real: Tensor, fake: Tensor) -> Tensor:
     r"""Cross-entropy :math:`-\E_p \log D - \E_q \log(1 - D)` of :eq:`eq-gan-minimax`.
 
     With logits :math:`\ell`: :math:`\E_p \operatorname{softplus}(-\ell) + \E_q
     \operatorname{softplus}(\ell)`. ``real`` ``(B, d)``, ``fake`` ``(B', d)``; returns a 0-d tensor.
     """
+    _real_fake(real, fake)
     return F.softplus(-_out(disc, real)).mean() + F.softplus(_out(disc, fake)).mean()
 
 
 def generator_loss_nonsaturating(disc: Critic, fake: Tensor) -> Tensor:
-    r"""Non-saturating generator loss :math:`-\E_q \log D(\tilde x)` (:eq:`eq-gan-nonsaturating`)."""
+    r"""Non-saturating generator loss :math:`-\E_q \log D(\tilde x)` (:eq:`eq-gan-nonsaturating`); ``fake`` ``(B, d)``."""
+    _batch(fake, "fake")
     return F.softplus(-_out(disc, fake)).mean()
 
 
 def generator_loss_minimax(disc: Critic, fake: Tensor) -> Tensor:
-    r"""Minimax (saturating) generator loss :math:`\E_q \log(1 - D(\tilde x))` of :eq:`eq-gan-minimax`."""
+    r"""Minimax (saturating) generator loss :math:`\E_q \log(1 - D(\tilde x))` of :eq:`eq-gan-minimax`; ``fake`` ``(B, d)``."""
+    _batch(fake, "fake")
     return -F.softplus(_out(disc, fake)).mean()
 
 
@@ -88,12 +104,17 @@ def log_ratio(disc: Critic, x: Tensor) -> Tensor:
 
 
 def critic_loss(critic: Critic, real: Tensor, fake: Tensor) -> Tensor:
-    r"""Wasserstein critic loss :math:`\E_q f(\tilde x) - \E_p f(x)`, minus the dual objective of :eq:`eq-gan-kr-duality`."""
+    r"""Wasserstein critic loss :math:`\E_q f(\tilde x) - \E_p f(x)`, minus the dual objective of :eq:`eq-gan-kr-duality`.
+
+    ``real`` ``(B, d)``, ``fake`` ``(B', d)``; returns a 0-d tensor.
+    """
+    _real_fake(real, fake)
     return _out(critic, fake).mean() - _out(critic, real).mean()
 
 
 def generator_loss_wgan(critic: Critic, fake: Tensor) -> Tensor:
-    r"""WGAN generator loss :math:`-\E_q f(G(z))` (:eq:`eq-gan-wgan-generator`)."""
+    r"""WGAN generator loss :math:`-\E_q f(G(z))` (:eq:`eq-gan-wgan-generator`); ``fake`` ``(B, d)``."""
+    _batch(fake, "fake")
     return -_out(critic, fake).mean()
 
 
@@ -109,23 +130,27 @@ def gradient_penalty(critic: Critic, real: Tensor, fake: Tensor,
     r"""WGAN-GP penalty :math:`\E_{\hat x} (\lVert \nabla f(\hat x) \rVert - 1)^2` (:eq:`eq-gan-gp`).
 
     :math:`\hat x = u x + (1 - u) \tilde x` with :math:`u \sim U(0, 1)` per pair; ``real`` and
-    ``fake`` ``(B, d)`` with equal ``B``. Returns a 0-d tensor.
+    ``fake`` ``(B, d)`` with equal ``B``. Returns a 0-d tensor. :math:`u` is drawn in ``real``'s
+    dtype on its device.
     """
+    _real_fake(real, fake)
     if real.shape != fake.shape:
         raise ValueError(f"real and fake must have the same shape, got {tuple(real.shape)} "
                          f"and {tuple(fake.shape)}")
-    u = torch.rand(real.shape[0], 1, generator=generator, dtype=real.dtype).to(real.device)
+    u = _random(torch.rand, (real.shape[0], 1), real, generator)
     x_hat = u * real.detach() + (1 - u) * fake.detach()  # (B, d)
     return ((_grad_norm2(critic, x_hat) + 1e-12).sqrt() - 1).pow(2).mean()
 
 
 def r1_penalty(critic: Critic, real: Tensor) -> Tensor:
     r"""R1 penalty :math:`\E_p \lVert \nabla f(x) \rVert^2` on the data (:eq:`eq-gan-r1`); ``(B, d)`` -> 0-d."""
+    _batch(real, "real")
     return _grad_norm2(critic, real).mean()
 
 
 def r2_penalty(critic: Critic, fake: Tensor) -> Tensor:
-    r"""R2 penalty :math:`\E_q \lVert \nabla f(\tilde x) \rVert^2` on the model's samples (:eq:`eq-gan-r1`)."""
+    r"""R2 penalty :math:`\E_q \lVert \nabla f(\tilde x) \rVert^2` on the model's samples (:eq:`eq-gan-r1`); ``(B, d)`` -> 0-d."""
+    _batch(fake, "fake")
     return _grad_norm2(critic, fake).mean()
 
 
@@ -134,8 +159,11 @@ def wgan_r1_r2_loss(critic: Critic, real: Tensor, fake: Tensor, gamma: float) ->
 
     The same value as ``critic_loss + gamma / 2 * (r1_penalty + r2_penalty)``, computed with one
     forward and one double-backward pass over the concatenated batch (half the cost for small
-    networks). ``real`` ``(B, d)``, ``fake`` ``(B', d)``; returns a 0-d tensor.
+    networks). ``real`` ``(B, d)``, ``fake`` ``(B', d)``, ``gamma >= 0``; returns a 0-d tensor.
     """
+    _real_fake(real, fake)
+    if not gamma >= 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
     x = torch.cat([real.detach(), fake.detach()]).requires_grad_(True)  # (B + B', d)
     f = _out(critic, x)
     (grad,) = torch.autograd.grad(f.sum(), x, create_graph=True)
@@ -287,7 +315,7 @@ class GAN(Model):
                 "generator": list(self.generator.parameters())}
 
     def _fake(self, n: int, net: nn.Module | None = None) -> Tensor:
-        return (net or self.generator)(noise((n, self.latent_dim), self._like()))
+        return (net or self.generator)(_random(torch.randn, (n, self.latent_dim), self._like()))
 
     def training_losses(self, next_batch: Callable[[], Tensor]):
         for _ in range(self.n_critic):
@@ -311,4 +339,4 @@ class GAN(Model):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         net = self.average.module if self.average is not None and self.average.n_averaged > 0 \
             else self.generator
-        return net(noise((n, self.latent_dim), self._like(), generator))
+        return net(_random(torch.randn, (n, self.latent_dim), self._like(), generator))

@@ -9,6 +9,10 @@ the kernel scalar product is :math:`\langle \mu, \nu \rangle_k = \sum_{ij} k(x_i
 
 The unbiased estimator drops the diagonal terms :math:`k(x_i, x_i)` and :math:`k(y_j, y_j)`.
 Kernels take ``(n, d), (m, d)`` (or ``(n,), (m,)`` in 1D) and return the ``(n, m)`` Gram matrix.
+
+Inputs are checked: samples are non-empty, of the same dimension ``d``, and (in :func:`mmd2`)
+finite; bandwidths are positive. Tensors that combine (``x``, ``y`` and the weights ``mu``,
+``nu``) must share a dtype, else ``ValueError`` naming both: nothing is converted silently.
 """
 from __future__ import annotations
 
@@ -18,8 +22,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .nn import mlp
-from .train import Model, noise
+from .nn import _count, _finite, _random, _same_dtype, mlp
+from .train import Model
 
 __all__ = [
     "gaussian_kernel",
@@ -38,16 +42,31 @@ Kernel = Callable[[Tensor, Tensor], Tensor]
 
 
 def _as_points(x: Tensor, name: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a tensor (n, d) or (n,), got {type(x).__name__}")
     if x.dim() == 1:
         x = x[:, None]
     if x.dim() != 2:
         raise ValueError(f"{name} must have shape (n, d) or (n,), got {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty, shape {tuple(x.shape)}; expected (n, d) with n, d >= 1")
     return x
 
 
+def _pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Both samples as points ``(n, d), (m, d)`` of the same dimension and dtype."""
+    x, y = _as_points(x, "x"), _as_points(y, "y")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"x and y must have the same dimension, got {x.shape[1]} and {y.shape[1]} "
+                         f"(shapes {tuple(x.shape)} and {tuple(y.shape)})")
+    _same_dtype(x=x, y=y)
+    return x, y
+
+
 def _scales(bandwidth: float | Sequence[float]) -> list[float]:
-    sigmas = [bandwidth] if isinstance(bandwidth, (int, float)) else list(bandwidth)
-    if len(sigmas) == 0 or min(sigmas) <= 0:
+    single = isinstance(bandwidth, (int, float)) or (isinstance(bandwidth, Tensor) and bandwidth.dim() == 0)
+    sigmas = [bandwidth] if single else list(bandwidth)
+    if len(sigmas) == 0 or not all(s > 0 and math.isfinite(s) for s in sigmas):
         raise ValueError(f"bandwidths must be positive (and at least one), got {sigmas}")
     return sigmas
 
@@ -57,7 +76,8 @@ def _weights(w: Tensor | None, x: Tensor, name: str) -> Tensor:
         return x.new_full((x.shape[0],), 1 / x.shape[0])
     if w.shape != (x.shape[0],):
         raise ValueError(f"weights {name} must have shape ({x.shape[0]},), got {tuple(w.shape)}")
-    return w.to(x)
+    _same_dtype(**{"the points": x, f"the weights {name}": w})
+    return w.to(x.device)
 
 
 def gaussian_kernel(x: Tensor, y: Tensor, bandwidth: float | Sequence[float] = 1.0) -> Tensor:
@@ -65,7 +85,7 @@ def gaussian_kernel(x: Tensor, y: Tensor, bandwidth: float | Sequence[float] = 1
 
     A sequence of bandwidths gives the multi-scale kernel (their average), book :eq:`eq-mmd-kernels`.
     """
-    x, y = _as_points(x, "x"), _as_points(y, "y")
+    x, y = _pair(x, y)
     sq = torch.cdist(x, y).pow(2)  # (n, m)
     sigmas = _scales(bandwidth)
     return sum(torch.exp(-sq / (2 * s**2)) for s in sigmas) / len(sigmas)
@@ -73,7 +93,7 @@ def gaussian_kernel(x: Tensor, y: Tensor, bandwidth: float | Sequence[float] = 1
 
 def laplace_kernel(x: Tensor, y: Tensor, bandwidth: float | Sequence[float] = 1.0) -> Tensor:
     r""":math:`k(x, y) = \frac1S\sum_s \exp(-\|x - y\| / \sigma_s)`; ``(n, d), (m, d) -> (n, m)`` (:eq:`eq-mmd-kernels`)."""
-    x, y = _as_points(x, "x"), _as_points(y, "y")
+    x, y = _pair(x, y)
     dist = torch.cdist(x, y)  # (n, m)
     sigmas = _scales(bandwidth)
     return sum(torch.exp(-dist / s) for s in sigmas) / len(sigmas)
@@ -86,7 +106,7 @@ def energy_kernel(x: Tensor, y: Tensor) -> Tensor:
     :math:`\mathrm{MMD}^2` is the energy distance :math:`2\E\|X - Y\| - \E\|X - X'\| - \E\|Y - Y'\|`.
     The distance is smoothed by :math:`10^{-12}` so that its gradient is finite at coincident points.
     """
-    x, y = _as_points(x, "x"), _as_points(y, "y")
+    x, y = _pair(x, y)
     sq = (x[:, None, :] - y[None, :, :]).pow(2).sum(-1)  # (n, m)
     return -(sq + 1e-24).sqrt()
 
@@ -98,7 +118,7 @@ def kernel_product(x: Tensor, y: Tensor, kernel: Kernel | None = None, mu: Tenso
     ``x`` ``(n, d)`` with weights ``mu`` ``(n,)``, ``y`` ``(m, d)`` with ``nu`` ``(m,)``; weights
     default to uniform :math:`1/n`, :math:`1/m`. Returns a 0-d tensor.
     """
-    x, y = _as_points(x, "x"), _as_points(y, "y")
+    x, y = _pair(x, y)
     k = kernel or gaussian_kernel
     return _weights(mu, x, "mu") @ k(x, y) @ _weights(nu, y, "nu")
 
@@ -110,11 +130,11 @@ def mmd2(x: Tensor, y: Tensor, kernel: Kernel | None = None, unbiased: bool = Fa
     Book :eq:`eq-mmd-mmd2`. Uniform weights unless ``mu`` ``(n,)`` / ``nu`` ``(m,)`` are given.
     Biased (V-statistic, always :math:`\ge 0` for a positive definite kernel) by default;
     ``unbiased=True`` gives the U-statistic (:eq:`eq-mmd-unbiased`, uniform weights only), which
-    can be negative. ``kernel`` defaults to the Gaussian kernel with bandwidth 1.
+    can be negative. ``kernel`` defaults to the Gaussian kernel with bandwidth 1. Non-empty,
+    finite samples of the same dimension and dtype only (``ValueError`` otherwise).
     """
-    x, y = _as_points(x, "x"), _as_points(y, "y")
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must have the same dimension, got {x.shape[1]} and {y.shape[1]}")
+    x, y = _pair(x, y)
+    _finite(x, "x"), _finite(y, "y")
     k = kernel or gaussian_kernel
     if not unbiased:
         a, b = _weights(mu, x, "mu"), _weights(nu, y, "nu")
@@ -137,7 +157,8 @@ def kernel_field(points: Tensor, x: Tensor, y: Tensor, kernel: Kernel | None = N
     Book :eq:`eq-mmd-field`: :math:`\nabla_{x_i}\mathrm{MMD}^2 = 2\mu_i \nabla (k\star(\mu-\nu))(x_i)`
     for a symmetric kernel. ``points`` ``(P, d)``; returns ``(P,)``.
     """
-    points, x, y = _as_points(points, "points"), _as_points(x, "x"), _as_points(y, "y")
+    points, (x, y) = _as_points(points, "points"), _pair(x, y)
+    _same_dtype(points=points, x=x)
     k = kernel or gaussian_kernel
     return k(points, x) @ _weights(mu, x, "mu") - k(points, y) @ _weights(nu, y, "nu")
 
@@ -151,10 +172,8 @@ def kernel_nll(x: Tensor, y: Tensor, bandwidth: float = 1.0, mu: Tensor | None =
     :eq:`eq-mmd-nll`. Computed with log-sum-exp (:eq:`eq-mmd-lse`), so it stays finite where
     the plain sum of kernel values underflows to zero. Returns a 0-d tensor.
     """
-    x, y = _as_points(x, "x"), _as_points(y, "y")
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must have the same dimension, got {x.shape[1]} and {y.shape[1]}")
-    if bandwidth <= 0:
+    x, y = _pair(x, y)
+    if not bandwidth > 0:
         raise ValueError(f"bandwidth must be positive, got {bandwidth}")
     a, b = _weights(mu, x, "mu"), _weights(nu, y, "nu")
     d = x.shape[1]
@@ -167,10 +186,19 @@ def generator_loss(generator: nn.Module, y: Tensor, kernel: Kernel, latent_dim: 
     r"""Unbiased :math:`\mathrm{MMD}^2(G_\#\mathcal N(0, I), \text{data})` on a batch (book :eq:`eq-mmd-generator`).
 
     Draws ``len(y)`` latents :math:`z \sim \mathcal N(0, I_{\text{latent\_dim}})`, pushes them
-    through ``generator`` and compares :math:`G(z)` ``(B, d)`` with the data batch ``y`` ``(B, d)``.
+    through ``generator`` and compares :math:`G(z)` ``(B, d)`` with the data batch ``y`` ``(B, d)``
+    (or ``(B,)`` in 1D); the latents have ``y``'s dtype and device, and the generator must return
+    one sample per latent, of ``y``'s dimension and dtype.
     """
+    y = _as_points(y, "y")
+    _count(latent_dim, "latent_dim")
     z = torch.randn(y.shape[0], latent_dim, device=y.device, dtype=y.dtype)  # (B, latent_dim)
-    return mmd2(generator(z), y, kernel, unbiased=True)
+    fake = generator(z)
+    if _as_points(fake, "the generator's output").shape != y.shape:
+        raise ValueError(f"the generator returned {tuple(fake.shape)} for {y.shape[0]} latents; the data "
+                         f"batch y is {tuple(y.shape)}: expected one sample of dimension {y.shape[1]} per latent")
+    _same_dtype(**{"the generator's output": fake, "the data batch y": y})
+    return mmd2(fake, y, kernel, unbiased=True)
 
 
 class CurveMixture(nn.Module):
@@ -213,10 +241,14 @@ class CurveMixture(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``(n, 2)`` points: component 1 with probability :math:`w`, else component 2."""
-        first = torch.rand(n, generator=generator) < self.weight
+        """``(n, 2)`` points: component 1 with probability :math:`w`, else component 2.
+
+        Drawn in the parameters' dtype on their device (on the generator's device, then moved).
+        """
+        _count(n, "n")
+        first = _random(torch.rand, (n,), self.means, generator) < self.weight
         k = (~first).long()
-        t = self.means[k] + self.log_stds.exp()[k] * torch.randn(n, generator=generator)
+        t = self.means[k] + self.log_stds.exp()[k] * _random(torch.randn, (n,), self.means, generator)
         return self.curve(t)
 
 
@@ -243,4 +275,4 @@ class MMDGenerator(Model):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return self.net(noise((n, self.latent_dim), self._like(), generator))
+        return self.net(_random(torch.randn, (n, self.latent_dim), self._like(), generator))

@@ -17,8 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import math
+
 import torch
 from torch import Tensor
+
+from .nn import _batch, _count
 
 __all__ = [
     "Solver",
@@ -72,8 +76,10 @@ def odeint(f: Field, x0: Tensor, t0: float = 0.0, t1: float = 1.0, n_steps: int 
 
     ``x0`` ``(B, d)``; returns ``x(t1)`` ``(B, d)``, or the path ``(n_steps + 1, B, d)``.
     """
-    if n_steps < 1:
-        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+    _count(n_steps, "n_steps")
+    _batch(x0, "x0")
+    if not (math.isfinite(t0) and math.isfinite(t1)):
+        raise ValueError(f"t0 and t1 must be finite, got {t0}, {t1}")
     h = (t1 - t0) / n_steps
     x, path = x0, [x0]
     for k in range(n_steps):
@@ -102,9 +108,11 @@ def divergence_hutchinson(f: Field, x: Tensor, t: Tensor,
     r"""``(f(x, t), div f)`` with Hutchinson's estimator :math:`\varepsilon^\top J \varepsilon`.
 
     :math:`\varepsilon` has independent Rademacher entries, so :math:`\E[\varepsilon^\top J
-    \varepsilon] = \operatorname{Tr} J`; one backward pass whatever ``d``.
+    \varepsilon] = \operatorname{Tr} J`; one backward pass whatever ``d``. :math:`\varepsilon`
+    is drawn in ``x``'s dtype on ``x``'s device (on the generator's device, then moved, when one is given).
     """
-    eps = torch.randint(0, 2, x.shape, generator=generator, dtype=x.dtype).to(x.device) * 2 - 1
+    device = x.device if generator is None else generator.device
+    eps = torch.randint(0, 2, x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device) * 2 - 1
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         v = f(x, t)

@@ -221,7 +221,7 @@ def minimize(f: Callable[[Tensor], Tensor], x0: Tensor, optimizer: type[torch.op
         raise ValueError(f"n_steps must be >= 0, got {n_steps}")
     x = x0.detach().clone().requires_grad_(True)
     opt = optimizer([x], **hyper)
-    path = torch.empty((n_steps + 1, *x0.shape), dtype=x0.dtype)
+    path = torch.empty((n_steps + 1, *x0.shape), dtype=x0.dtype, device=x0.device)
     path[0] = x.detach()
     for k in range(n_steps):
         opt.zero_grad(set_to_none=True)

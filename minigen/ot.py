@@ -9,15 +9,24 @@ is a linear program; with :math:`M_{ij} = \|x_i - y_j\|^2` its value is :math:`W
 entropic version adds :math:`\varepsilon \KL(P \,\|\, a b^\top)` and is solved by Sinkhorn's
 iteration (:func:`sinkhorn_scaling`, :func:`sinkhorn_log`). Everything takes and returns torch
 tensors; :func:`emd2` is differentiable through POT's torch backend. Chapter 8 derives it all.
+
+Inputs are checked before any solver runs: weights must lie on the simplex (finite,
+non-negative, summing to 1; the message names the offending vector), costs and points must be
+finite and non-empty, ``eps`` positive, iteration counts integers >= 1. Tensors that combine
+(``a``, ``b``, ``M``; ``H``, ``b``, ``M``, ``w0``; ``x``, ``y``) must share a dtype, else
+``ValueError`` naming both: nothing is converted silently.
 """
 from __future__ import annotations
 
+import math
 
 import numpy as np
 import ot as pot
 import torch
 from scipy import optimize, sparse
 from torch import Tensor
+
+from .nn import _count, _finite, _same_dtype
 
 __all__ = [
     "cost_matrix",
@@ -41,23 +50,74 @@ def cost_matrix(x: Tensor, y: Tensor) -> Tensor:
     r"""Squared Euclidean cost :math:`M_{ij} = \|x_i - y_j\|^2`; ``(n, d), (m, d) -> (n, m)``."""
     if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
         raise ValueError(f"x and y must be (n, d) and (m, d); got {tuple(x.shape)}, {tuple(y.shape)}")
+    _same_dtype(x=x, y=y)
     return ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
 
 
-def uniform(n: int, dtype: torch.dtype = torch.float64) -> Tensor:
-    """The uniform weights ``(n,)``, all ``1 / n``."""
-    return torch.full((n,), 1.0 / n, dtype=dtype)
+def uniform(n: int, dtype: torch.dtype = torch.float64,
+            device: torch.device | str | None = None) -> Tensor:
+    """The uniform weights ``(n,)``, all ``1 / n``, in ``dtype`` on ``device``."""
+    _count(n, "n")
+    return torch.full((n,), 1.0 / n, dtype=dtype, device=device)
+
+
+def _simplex_tol(w: Tensor) -> float:
+    return max(1e-6, 100 * torch.finfo(w.dtype).eps)
+
+
+def _check_weights(w: Tensor, name: str) -> float:
+    """Check that ``w`` is a finite, non-negative, non-empty vector; return its sum."""
+    if w.dim() != 1 or w.numel() == 0:
+        raise ValueError(f"{name} must be a non-empty vector of weights (n,), got shape {tuple(w.shape)}")
+    _finite(w, name)
+    if bool((w < 0).any()):
+        raise ValueError(f"{name} has {int((w < 0).sum())} negative entries (smallest {float(w.min()):.3g}); "
+                         f"weights must lie on the simplex")
+    return float(w.sum())
+
+
+def _check_simplex(w: Tensor, name: str) -> None:
+    total = _check_weights(w, name)
+    if abs(total - 1) > _simplex_tol(w):
+        raise ValueError(f"{name} sums to {total:.10g}, expected 1 (weights on the simplex)")
 
 
 def _check_marginals(a: Tensor, b: Tensor, M: Tensor) -> None:
+    sa, sb = _check_weights(a, "a"), _check_weights(b, "b")
+    if abs(sa - sb) > _simplex_tol(a):
+        raise ValueError(f"a and b must have equal mass: a sums to {sa:.10g}, b sums to {sb:.10g} "
+                         f"(expected 1 each)")
+    if abs(sa - 1) > _simplex_tol(a):
+        raise ValueError(f"a and b sum to {sa:.10g}, expected 1 (weights on the simplex)")
     if M.shape != (a.shape[0], b.shape[0]):
         raise ValueError(f"M must have shape {(a.shape[0], b.shape[0])}, got {tuple(M.shape)}")
-    if abs(float(a.sum()) - float(b.sum())) > 1e-6:
-        raise ValueError(f"a and b must have equal mass, got {float(a.sum())} and {float(b.sum())}")
+    _finite(M, "the cost M")
+    _same_dtype(a=a, b=b, M=M)
+
+
+def _check_unmix(H: Tensor, b: Tensor, M: Tensor, w0: Tensor | None = None) -> None:
+    """``H`` ``(n, K)`` with columns on the simplex, ``b`` on the simplex, ``M`` ``(n, m)``, ``w0`` ``(K,)``."""
+    if H.dim() != 2 or H.numel() == 0:
+        raise ValueError(f"H must be (n, K), one source's weights per column, got shape {tuple(H.shape)}")
+    for k in range(H.shape[1]):
+        _check_simplex(H[:, k], f"column {k} of H")
+    _check_simplex(b, "b")
+    if M.shape != (H.shape[0], b.shape[0]):
+        raise ValueError(f"M must have shape {(H.shape[0], b.shape[0])}, got {tuple(M.shape)}")
+    _finite(M, "the cost M")
+    if w0 is not None:
+        if w0.shape != (H.shape[1],):
+            raise ValueError(f"w0 must have shape ({H.shape[1]},), one weight per column of H, "
+                             f"got {tuple(w0.shape)}")
+        _check_simplex(w0, "w0")
+    _same_dtype(H=H, b=b, M=M, w0=w0)
 
 
 def emd(a: Tensor, b: Tensor, M: Tensor) -> Tensor:
-    r"""Exact optimal plan :math:`P^\star` of :eq:`eq-ot-kantorovich` (``ot.emd``); ``(n, m)``."""
+    r"""Exact optimal plan :math:`P^\star` of :eq:`eq-ot-kantorovich` (``ot.emd``); ``(n, m)``.
+
+    ``a`` ``(n,)`` and ``b`` ``(m,)`` on the simplex, ``M`` ``(n, m)`` finite, all of one dtype.
+    """
     _check_marginals(a, b, M)
     return pot.emd(a, b, M)
 
@@ -67,7 +127,7 @@ def emd2(a: Tensor, b: Tensor, M: Tensor) -> Tensor:
 
     Gradients flow through POT's torch backend: with respect to ``a`` it is the dual potential
     :math:`f` (centred to sum to zero), with respect to ``M`` the plan :math:`P^\star`
-    (:eq:`eq-ot-dual`). Returns a 0-d tensor.
+    (:eq:`eq-ot-dual`). ``a``, ``b`` on the simplex, ``M`` ``(n, m)``. Returns a 0-d tensor.
     """
     _check_marginals(a.detach(), b.detach(), M.detach())
     return pot.emd2(a, b, M)
@@ -134,8 +194,13 @@ def unmix(H: Tensor, b: Tensor, M: Tensor, w0: Tensor, lr: float = 2e-3, n_iter:
     doubles after a kept step and halves after a rejected one; since the loss is piecewise linear
     in :math:`w`, this homes in on the kink that minimises it. It stops once a step moves
     :math:`w` by less than ``tol`` (or after ``n_iter`` loss evaluations).
-    Returns the weights ``(K,)`` and the loss at each evaluation ``(n_evals,)``.
+    Returns the weights ``(K,)`` and the loss at each evaluation ``(n_evals,)``. ``H``'s columns,
+    ``b`` and ``w0`` must lie on the simplex.
     """
+    _check_unmix(H, b, M, w0)
+    _count(n_iter, "n_iter")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr}")
     w = w0.detach().to(H).clone()
     loss, grad = _loss_and_grad(H, b, M, w)
     losses = [loss]
@@ -162,7 +227,11 @@ def unmix_cutting_planes(H: Tensor, b: Tensor, M: Tensor, w0: Tensor, n_iter: in
     simplex (a linear program in :math:`K + 1` variables). The loss is the maximum of finitely
     many planes, so the method stops at the exact minimiser once the lowest point of the model
     meets the best loss seen (within ``tol``). Returns the weights ``(K,)`` and the losses.
+    ``H``'s columns, ``b`` and ``w0`` must lie on the simplex; the linear programs run in NumPy
+    (float64, on the CPU) and the weights come back in ``H``'s dtype on its device.
     """
+    _check_unmix(H, b, M, w0)
+    _count(n_iter, "n_iter")
     w = w0.detach().to(H).clone()
     K = len(w)
     planes, offsets, losses = [], [], []
@@ -172,7 +241,7 @@ def unmix_cutting_planes(H: Tensor, b: Tensor, M: Tensor, w0: Tensor, n_iter: in
         losses.append(loss)
         if loss < best:
             best_w, best = w, loss
-        planes.append(grad.numpy())
+        planes.append(grad.detach().double().cpu().numpy())
         offsets.append(loss - float(grad @ w))
         # min t  s.t.  g_k . w + c_k <= t,  sum w = 1,  w >= 0; variables (w, t)
         A = np.hstack([np.array(planes), -np.ones((len(planes), 1))])
@@ -182,7 +251,7 @@ def unmix_cutting_planes(H: Tensor, b: Tensor, M: Tensor, w0: Tensor, n_iter: in
                                options=_TIGHT)
         if best - res.fun <= tol:
             break
-        w = torch.from_numpy(res.x[:K]).to(H)
+        w = torch.from_numpy(res.x[:K].clip(0, None)).to(H)  # HiGHS may return -1e-17 for a zero
     return best_w, torch.tensor(losses, dtype=torch.float64)
 
 
@@ -191,8 +260,9 @@ def unmix_lp(H: Tensor, b: Tensor, M: Tensor) -> tuple[Tensor, float]:
 
     Variables :math:`(P, w)`; constraints :math:`P 1 = H w`, :math:`P^\top 1 = b`,
     :math:`P, w \ge 0` (then :math:`\sum_k w_k = 1` follows). Solved with HiGHS through
-    ``scipy.optimize.linprog``. Returns the weights ``(K,)`` and the optimal cost.
+    ``scipy.optimize.linprog``. Returns the weights ``(K,)`` (float64, on the CPU) and the optimal cost.
     """
+    _check_unmix(H, b, M)
     Hn, bn, Mn = (t.detach().double().cpu().numpy() for t in (H, b, M))
     n, K = Hn.shape
     m = len(bn)
@@ -207,9 +277,10 @@ def unmix_lp(H: Tensor, b: Tensor, M: Tensor) -> tuple[Tensor, float]:
     return torch.from_numpy(res.x[-K:]), float(res.fun)
 
 
-def _check_eps(eps: float) -> None:
-    if eps <= 0:
-        raise ValueError(f"eps must be positive, got {eps}")
+def _check_eps(eps: float, n_iter: int) -> None:
+    if not (eps > 0 and math.isfinite(eps)):
+        raise ValueError(f"eps must be positive and finite, got {eps}")
+    _count(n_iter, "n_iter")
 
 
 def sinkhorn_scaling(a: Tensor, b: Tensor, M: Tensor, eps: float, n_iter: int = 1000) -> Tensor:
@@ -220,7 +291,7 @@ def sinkhorn_scaling(a: Tensor, b: Tensor, M: Tensor, eps: float, n_iter: int = 
     float64; use :func:`sinkhorn_log` there.
     """
     _check_marginals(a, b, M)
-    _check_eps(eps)
+    _check_eps(eps, n_iter)
     K = torch.exp(-M / eps)  # (n, m)
     v = torch.ones_like(b)
     for _ in range(n_iter):
@@ -239,7 +310,7 @@ def sinkhorn_log(a: Tensor, b: Tensor, M: Tensor, eps: float, n_iter: int = 1000
     Stops early when the row-marginal error (checked every 10 iterations) falls below ``tol``.
     """
     _check_marginals(a, b, M)
-    _check_eps(eps)
+    _check_eps(eps, n_iter)
     log_a, log_b = a.log(), b.log()
     f, g = torch.zeros_like(a), torch.zeros_like(b)
     for k in range(n_iter):
@@ -268,9 +339,15 @@ def sinkhorn_divergence(x: Tensor, y: Tensor, eps: float, n_iter: int = 1000) ->
     :math:`S_\varepsilon = \operatorname{OT}_\varepsilon(\alpha, \beta)
     - \tfrac12 \operatorname{OT}_\varepsilon(\alpha, \alpha) - \tfrac12 \operatorname{OT}_\varepsilon(\beta, \beta)`
     between the uniform empirical measures of ``x`` ``(n, d)`` and ``y`` ``(m, d)``; zero when
-    ``x`` and ``y`` hold the same points.
+    ``x`` and ``y`` hold the same points. Non-empty, finite points of one dtype; the weights are
+    created in that dtype on their device.
     """
-    a, b = uniform(len(x), x.dtype), uniform(len(y), y.dtype)
+    cost_matrix(x[:0], y[:0])  # shapes and dtypes
+    for name, z in (("x", x), ("y", y)):
+        if len(z) == 0:
+            raise ValueError(f"{name} is empty, shape {tuple(z.shape)}")
+        _finite(z, name)
+    a, b = uniform(len(x), x.dtype, x.device), uniform(len(y), y.dtype, y.device)
     xy = entropic_ot(a, b, cost_matrix(x, y), eps, n_iter)
     xx = entropic_ot(a, a, cost_matrix(x, x), eps, n_iter)
     yy = entropic_ot(b, b, cost_matrix(y, y), eps, n_iter)

@@ -12,6 +12,10 @@ simulator knows about its latent path: the joint ratio :math:`r(x, z)` and the j
 :math:`t(x, z)` (:func:`rolr_loss`, :func:`rascal_loss`, :func:`sally_loss`). A batch is a dict
 with keys ``x`` ``(n, d)``, ``theta`` ``(n, 1)``, ``y`` ``(n,)``, ``log_r_joint`` ``(n,)``,
 ``t_joint`` ``(n,)`` (see :func:`ratio_training_set`).
+
+Inputs are checked: :func:`ratio_training_set` needs a simulator object with a latent path (a
+plain function raises ``TypeError`` saying what to write), statistics are 1D, and every tensor
+created here follows the input's device.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .nn import mlp
+from .nn import _count, mlp
 
 __all__ = [
     "ratio_from_classifier",
@@ -82,8 +86,20 @@ def ratio_training_set(simulator, theta: Tensor, theta_ref: float,
     ``simulator`` has ``simulate(theta, generator) -> (x, z)``, ``joint_log_ratio(z, theta0,
     theta1)`` and ``joint_score(z, theta)`` (e.g. :class:`minigen.simulators.SmearedExponential`).
     Returns a dict of ``2n`` rows (keys as in the module docstring); the joint score is at
-    :math:`\theta_i` and is used only where ``y == 0``.
+    :math:`\theta_i` and is used only where ``y == 0``. A plain function raises ``TypeError``.
     """
+    missing = [m for m in ("simulate", "joint_log_ratio", "joint_score") if not callable(getattr(simulator, m, None))]
+    if missing:
+        raise TypeError(
+            f"simulator must be an object like minigen.simulators.SmearedExponential, with "
+            f"simulate(theta, generator) -> (x, z), joint_log_ratio(z, theta0, theta1) and "
+            f"joint_score(z, theta); got {type(simulator).__name__} "
+            f"{getattr(simulator, '__name__', '')!s}, which lacks {', '.join(missing)}. A plain "
+            f"function x = f(theta) hides the latent z these losses need: write a class with those "
+            f"three methods (see SmearedExponential).")
+    if not isinstance(theta, Tensor) or theta.dim() != 1 or theta.numel() == 0:
+        raise ValueError(f"theta must be a non-empty vector (n,), got "
+                         f"{tuple(theta.shape) if isinstance(theta, Tensor) else type(theta).__name__}")
     ref = torch.full_like(theta, theta_ref)
     x0, z0 = simulator.simulate(theta, generator)
     x1, z1 = simulator.simulate(ref, generator)
@@ -97,6 +113,7 @@ def ratio_training_set(simulator, theta: Tensor, theta_ref: float,
 def minibatches(data: dict[str, Tensor], batch_size: int,
                 generator: torch.Generator | None = None) -> Callable[[int], dict[str, Tensor]]:
     """A ``step -> batch`` function drawing ``batch_size`` random rows of ``data`` (for :func:`minigen.train.train`)."""
+    _count(batch_size, "batch_size")
     n = len(data["y"])
 
     def batch(step: int) -> dict[str, Tensor]:
@@ -164,9 +181,14 @@ def calibrated_log_ratio(stat: Tensor, stat0: Tensor, stat1: Tensor, n_bins: int
     pseudo-count per bin. Returns ``(m,)`` for ``stat`` ``(m,)``.
     """
     if stat0.dim() != 1 or stat1.dim() != 1 or stat.dim() != 1:
-        raise ValueError("stat, stat0 and stat1 must be 1D")
+        raise ValueError(f"stat, stat0 and stat1 must be 1D, got shapes {tuple(stat.shape)}, "
+                         f"{tuple(stat0.shape)}, {tuple(stat1.shape)}")
+    if stat0.numel() == 0 or stat1.numel() == 0:
+        raise ValueError(f"stat0 and stat1 must be non-empty, got {stat0.numel()} and {stat1.numel()} values")
+    _count(n_bins, "n_bins")
     pooled = torch.cat([stat0, stat1]).double()
-    edges = torch.quantile(pooled, torch.linspace(0, 1, n_bins + 1, dtype=torch.float64))
+    edges = torch.quantile(pooled, torch.linspace(0, 1, n_bins + 1, dtype=torch.float64,
+                                                  device=pooled.device))
     inner = edges[1:-1].contiguous()
 
     def log_hist(s: Tensor) -> Tensor:

@@ -19,6 +19,7 @@ import math
 import torch
 from torch import Tensor
 
+from .nn import _random
 from .ode import rk4_step
 
 __all__ = [
@@ -34,11 +35,11 @@ __all__ = [
 
 
 def _randn(n: int, d: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(n, d, generator=generator, dtype=like.dtype).to(like.device)
+    return _random(torch.randn, (n, d), like, generator)
 
 
 def _rand(n: int, d: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.rand(n, d, generator=generator, dtype=like.dtype).to(like.device)
+    return _random(torch.rand, (n, d), like, generator)
 
 
 class Simulator:
@@ -288,11 +289,11 @@ class SmearedExponential:
         return theta.reshape(-1, 1) if n is None else theta.reshape(-1, 1).expand(n, 1)
 
     def simulate(self, theta: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Return ``(x, z)``, each ``(n, 1)``, for rates ``theta`` ``(n,)``."""
+        """Return ``(x, z)``, each ``(n, 1)``, for rates ``theta`` ``(n,)`` (in its dtype, on its device)."""
         th = self._theta(theta)
-        e = torch.rand(th.shape, generator=generator, dtype=th.dtype).clamp_min(1e-12)
+        e = _random(torch.rand, th.shape, th, generator).clamp_min(1e-12)
         z = -e.log() / th  # (n, 1) exponential by inversion
-        x = z + self.sigma * torch.randn(th.shape, generator=generator, dtype=th.dtype)
+        x = z + self.sigma * _random(torch.randn, th.shape, th, generator)
         return x, z
 
     def log_prob(self, x: Tensor, theta: Tensor | float) -> Tensor:
@@ -308,10 +309,10 @@ class SmearedExponential:
             raise ValueError(f"Simpson's rule needs an odd n_points >= 3, got {n_points}")
         th = self._theta(theta, x.shape[0] if torch.as_tensor(theta).numel() == 1 else None).to(x)
         z_max = float(x.max()) + 10 * self.sigma + 40 / float(th.min())
-        z = torch.linspace(0, z_max, n_points, dtype=x.dtype)  # (m,)
+        z = torch.linspace(0, z_max, n_points, dtype=x.dtype, device=x.device)  # (m,)
         log_joint = (th.log() - th * z - 0.5 * ((x - z) / self.sigma) ** 2
                      - math.log(self.sigma * math.sqrt(2 * math.pi)))  # (n, m)
-        w = torch.ones(n_points, dtype=x.dtype)
+        w = torch.ones(n_points, dtype=x.dtype, device=x.device)
         w[1:-1:2], w[2:-1:2] = 4.0, 2.0
         w = w * z_max / (n_points - 1) / 3
         return torch.logsumexp(log_joint + w.log(), dim=1)

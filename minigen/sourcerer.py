@@ -9,10 +9,17 @@ own unknown :math:`\theta`, find a source :math:`s(\theta)` on a box whose pushf
 :math:`H` is estimated with the Kozachenko-Leonenko estimator :func:`kl_entropy`, :math:`SW_2`
 with :func:`minigen.metrics.sliced_wasserstein`; the source is a :class:`BoxSampler` and
 :math:`\lambda` follows :func:`lambda_schedule`.
+
+Inputs are checked: :func:`kl_entropy` takes a finite, non-empty sample ``(n, d)`` and warns
+about exact duplicates (see there); :func:`estimate_source` needs a
+:class:`minigen.simulators.Simulator` (a plain function raises ``TypeError`` saying how to wrap
+it). Tensors that combine must share a dtype, else ``ValueError`` naming both; a ``period`` given
+as numbers is converted to the sample's dtype.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -20,7 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from .metrics import sliced_wasserstein
-from .nn import mlp
+from .nn import _finite, _random, _same_dtype, mlp
+from .simulators import Simulator
 from .train import loop
 
 __all__ = ["kl_entropy", "BoxSampler", "lambda_schedule", "source_loss", "fit_source", "estimate_source"]
@@ -39,16 +47,34 @@ def kl_entropy(x: Tensor, period: Tensor | None = None, chunk: int = 2048) -> Te
     nearest neighbours are found ``chunk`` rows at a time, so 10,000 points need no
     :math:`n \times n` matrix in memory, or, for more than ``chunk`` points on the CPU without
     ``period``, by a k-d tree (SciPy), which gives the same neighbours. Returns a 0-d tensor (nats).
+
+    Exact duplicates have :math:`\varepsilon_i = 0` and no finite estimate; the distance is then
+    clamped at :math:`10^{-30}`, so each duplicated point contributes
+    :math:`d \log 10^{-30} / n = -69.08\, d / n` nats: the value stays finite and reproducible but
+    is no longer an entropy estimate, and a ``RuntimeWarning`` names how many points are
+    duplicated (jitter or deduplicate the sample first).
+    ``x`` must be finite with ``n >= 2``; ``period`` positive with one entry per dimension.
     """
-    if x.dim() != 2 or x.shape[0] < 2:
-        raise ValueError(f"x must be (n, d) with n >= 2, got {tuple(x.shape)}")
+    if x.dim() != 2 or x.shape[0] < 2 or x.shape[1] == 0:
+        raise ValueError(f"x must be (n, d) with n >= 2 and d >= 1, got {tuple(x.shape)}")
+    _finite(x, "x")
     n, d = x.shape
     def wrap(diff: Tensor) -> Tensor:
         return diff if period is None else diff - period * torch.round(diff / period)
 
     if period is not None:
+        if isinstance(period, Tensor):
+            _same_dtype(x=x, period=period)
         period = torch.as_tensor(period, dtype=x.dtype, device=x.device)
+        if period.shape != (d,) or not bool((period > 0).all() & torch.isfinite(period).all()):
+            raise ValueError(f"period must hold {d} positive side lengths (d,), got {period.tolist()}")
     eps = wrap(x - x[_nearest_neighbours(x, period, chunk)]).norm(dim=1)  # (n,)
+    n_dup = int((eps == 0).sum())
+    if n_dup:
+        warnings.warn(f"kl_entropy: {n_dup} of {n} points have an exact duplicate (nearest-neighbour "
+                      f"distance 0); their distance is clamped at 1e-30, so they contribute "
+                      f"{-d * 69.0776 * n_dup / n:.3g} nats to the estimate. Jitter or deduplicate the sample.",
+                      RuntimeWarning, stacklevel=2)
     log_vd = 0.5 * d * math.log(math.pi) - math.lgamma(1 + 0.5 * d)
     digamma = torch.special.digamma(torch.tensor([1.0, float(n)], dtype=torch.float64))
     return d * eps.clamp_min(1e-30).log().mean() + log_vd + float(digamma[1] - digamma[0])
@@ -105,8 +131,8 @@ class BoxSampler(nn.Module):
         return self.low + (self.high - self.low) * torch.sigmoid(self.net(eps))
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Draw ``n`` parameters ``(n, d)``."""
-        return self(torch.randn(n, self.noise_dim, generator=generator).to(self.low))
+        """Draw ``n`` parameters ``(n, d)`` (noise in the box's dtype, on its device)."""
+        return self(_random(torch.randn, (n, self.noise_dim), self.low, generator))
 
 
 def lambda_schedule(n_steps: int, n_decay: int, final: float) -> Tensor:
@@ -133,7 +159,7 @@ def source_loss(source: BoxSampler, simulator: Callable[[Tensor], Tensor], x_obs
     x_sim = simulator(source.sample(x_obs.shape[0]))
     log_sw = sliced_wasserstein(x_sim, x_obs, n_projections=n_projections).log()
     entropy = (kl_entropy(source.sample(n_entropy), period=source.high - source.low)
-               if lam > 0 else torch.zeros(()))
+               if lam > 0 else log_sw.new_zeros(()))
     return (1 - lam) * log_sw - lam * entropy, log_sw, entropy
 
 
@@ -166,7 +192,7 @@ def fit_source(simulator: Callable[[Tensor], Tensor], x_obs: Tensor, source: Box
     return loop(step, len(schedule), desc="source")
 
 
-def estimate_source(simulator, x_obs: Tensor, final_lambda: float | None, n_steps: int = 400,
+def estimate_source(simulator: Simulator, x_obs: Tensor, final_lambda: float | None, n_steps: int = 400,
                     decay: float = 0.1, hidden: int = 64, depth: int = 3,
                     **fit_kwargs) -> tuple[BoxSampler, Tensor]:
     r"""Fit a :class:`BoxSampler` in ``simulator.low, high`` to ``x_obs`` ``(m, dim_x)``.
@@ -174,7 +200,16 @@ def estimate_source(simulator, x_obs: Tensor, final_lambda: float | None, n_step
     ``final_lambda=None`` drops the entropy term (:math:`\lambda = 0` throughout); otherwise
     :math:`\lambda` decays from 1 to ``final_lambda`` over the first ``decay`` fraction of the
     ``n_steps``. Further arguments go to :func:`fit_source`. Returns ``(source, history)``.
+
+    ``simulator`` must be a :class:`minigen.simulators.Simulator` (it carries the box ``low``,
+    ``high``); a plain function raises ``TypeError``.
     """
+    if not isinstance(simulator, Simulator):
+        raise TypeError(
+            f"simulator must be a minigen.simulators.Simulator (it carries the box low, high), got "
+            f"{type(simulator).__name__} {getattr(simulator, '__name__', '')!s}. To wrap a function "
+            f"f(theta) -> x, subclass Simulator: set name, dim_theta, dim_x, low, high (tensors "
+            f"(dim_theta,)) and define simulate(self, theta, generator) returning f(theta).")
     source = BoxSampler(simulator.low, simulator.high, hidden=hidden, depth=depth)
     schedule = (torch.zeros(n_steps) if final_lambda is None
                 else lambda_schedule(n_steps, int(decay * n_steps), final_lambda))

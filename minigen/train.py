@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .runtime import progress_enabled
 
-__all__ = ["NonFiniteLossError", "Model", "FitResult", "fit", "loop", "train", "noise"]
+__all__ = ["NonFiniteLossError", "Model", "FitResult", "fit", "loop", "train"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -34,18 +34,6 @@ class NonFiniteLossError(FloatingPointError):
         who = f" ({player})" if player else ""
         super().__init__(f"loss{who} became non-finite ({value}) at step {step}")
         self.step, self.value, self.player = step, value, player
-
-
-def noise(shape: Sequence[int], like: Tensor, generator: torch.Generator | None = None,
-          kind: str = "normal") -> Tensor:
-    """Standard normal (or, with ``kind="uniform"``, U(0, 1)) draws of ``shape`` on ``like``'s device and dtype.
-
-    A ``generator`` lives on one device: the draws are made there and moved, so a CPU generator
-    gives the same numbers for a model on any device.
-    """
-    draw = torch.randn if kind == "normal" else torch.rand
-    where = generator.device if generator is not None else like.device
-    return draw(tuple(shape), generator=generator, dtype=like.dtype, device=where).to(like.device)
 
 
 class Model(nn.Module):
