@@ -9,6 +9,9 @@
   ``minigen_cache.py``), the folder the chapter tests fill. A change to ``minigen`` therefore
   selects an empty folder and every chapter is executed again; the new path is also a changed
   configuration value, so Sphinx re-reads every page of an earlier build.
+- Writes the cached outputs into the executed notebook ``_build/jupyter_execute/<page>.ipynb``
+  (the page's ``.ipynb`` download): myst-nb 1.4 renders a page from the cache but saves the
+  notebook it read, without outputs.
 """
 from __future__ import annotations
 
@@ -62,10 +65,29 @@ def _key_execution_cache(app: Sphinx, config) -> None:
     LOGGER.info(f"minigen: execution cache keyed on minigen/*.py and library versions: {folder}")
 
 
+def _save_cached_outputs(app: Sphinx, doctree) -> None:
+    nb_config = getattr(app.env, "mystnb_config", None)
+    if nb_config is None or nb_config.execution_mode != "cache":
+        return
+    path = Path(nb_config.output_folder, *f"{app.env.docname}.ipynb".split("/"))
+    if not path.exists():  # not a notebook page
+        return
+    import nbformat
+    from jupyter_cache import get_cache
+
+    notebook = nbformat.read(path, as_version=4)
+    try:
+        _, notebook = get_cache(nb_config.execution_cache_path).merge_match_into_notebook(notebook)
+    except KeyError:  # its execution failed (the build fails with it) or was never cached
+        return
+    nbformat.write(notebook, path)
+
+
 def setup(app: Sphinx) -> dict:
     os.environ["MINIGEN_PROGRESS"] = "0"
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     app.connect("config-inited", _use_local_mathjax)
     app.connect("config-inited", _key_execution_cache)
+    app.connect("doctree-read", _save_cached_outputs)
     app.connect("build-finished", _copy_mathjax)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
