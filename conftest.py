@@ -5,12 +5,21 @@ notebook to nbval's collector, reading it with ``jupytext.read``. Every code cel
 item executed in one kernel per chapter (working directory: ``book/``), so a failing cell fails
 the run with its traceback. Chapters hold their quality checks as ``assert`` cells.
 
+A chapter whose every code cell ran and passed is stored, with the outputs its kernel emitted, in
+the execution cache that the book build reads (``book/_ext/minigen_cache.py``; keyed on the
+chapter's code, ``minigen/*.py`` and the libraries' versions): the build then renders these
+outputs instead of executing the chapter again. A chapter whose run failed is removed from it.
+
 It also starts every test function from the same global random state (``_seed_everything``).
 """
 from __future__ import annotations
 
 import os
 import random
+import sys
+import time
+import warnings
+from functools import partial
 from pathlib import Path
 
 import jupytext
@@ -20,6 +29,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).parent
+sys.path.insert(0, str(ROOT / "book" / "_ext"))
+import minigen_cache  # noqa: E402
 os.environ["MINIGEN_PROGRESS"] = "0"  # executed chapters show results, not progress bars
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -37,15 +48,86 @@ class _JupytextFormat:
         return jupytext.read(path)
 
 
+class MystCell(nbval_plugin.IPyNbCell):
+    """nbval's cell item; records on its notebook which IOPub messages it produced and whether it
+    passed (a skipped or interrupted cell counts as not passed)."""
+
+    def runtest(self):
+        start = len(self.parent.iopub)
+        try:
+            super().runtest()
+        except BaseException:
+            self.parent.failed = True
+            raise
+        self.parent.ran[self.cell_num] = (self.cell.source, self.parent.iopub[start:])
+
+
 class MystNotebook(nbval_plugin.IPyNbFile):
-    """nbval's notebook collector, reading a MyST-Markdown notebook through jupytext."""
+    """nbval's notebook collector, reading a MyST-Markdown notebook through jupytext.
+
+    After its last cell it stores the executed chapter in the build's execution cache when every
+    code cell ran and passed, and removes the chapter from it when any cell failed.
+    """
 
     def collect(self):
         saved, nbval_plugin.nbformat = nbval_plugin.nbformat, _JupytextFormat()
         try:
-            yield from super().collect()
+            for item in super().collect():
+                yield MystCell.from_parent(self, name=item.name, cell_num=item.cell_num,
+                                           cell=item.cell, options=item.options)
         finally:
             nbval_plugin.nbformat = saved
+
+    def setup(self):
+        self.iopub: list[dict] = []  # every IOPub message the cells read, in order
+        self.ran: dict[int, tuple[str, list[dict]]] = {}  # cell number: (source, its messages)
+        self.failed, self.started = False, time.perf_counter()
+        super().setup()
+        self.kernel.execute_cell_input = partial(_execute_as_notebook, self.kernel.kc)
+
+    def get_kernel_message(self, timeout=None, stream="iopub"):
+        msg = super().get_kernel_message(timeout=timeout, stream=stream)
+        if stream == "iopub":
+            self.iopub.append(msg)
+        return msg
+
+    def teardown(self):
+        try:
+            self._update_cache()
+        finally:
+            super().teardown()
+
+    def _update_cache(self) -> None:
+        n_code = sum(cell.cell_type == "code" for cell in self.nb.cells)
+        if self.failed or self.timed_out:
+            minigen_cache.discard(ROOT, self.path)
+        elif len(self.ran) == n_code and self.kernel is not None and self.kernel.is_alive():
+            cells = [self.ran[i] for i in range(n_code)]
+            try:
+                why_not = minigen_cache.store(
+                    ROOT, self.path, [messages for _, messages in cells],
+                    [source for source, _ in cells], _language_info(self.kernel),
+                    time.perf_counter() - self.started)
+            except Exception as err:  # the build then executes the chapter itself: slower, not wrong
+                why_not = f"{type(err).__name__}: {err}"
+            if why_not:
+                warnings.warn(f"{self.path.name} not cached for the build: {why_not}", stacklevel=1)
+
+
+def _execute_as_notebook(client, cell_input: str, allow_stdin: bool | None = None) -> str:
+    """Send a cell to the kernel as Jupyter (and the build's nbclient) does: with
+    ``store_history=True``. nbval sends ``False``, and then IPython, which looks for a trailing
+    ``;`` in the history, shows the value of a cell like ``plot.curves(...);`` as well."""
+    return client.execute(cell_input, store_history=True, allow_stdin=allow_stdin,
+                          stop_on_error=False)
+
+
+def _language_info(kernel) -> dict | None:
+    """The kernel's ``language_info`` (nbclient stores it in the executed notebook's metadata)."""
+    try:
+        return kernel.kc.kernel_info(reply=True, timeout=30)["content"]["language_info"]
+    except Exception:  # only the code highlighting of the rendered page depends on it
+        return None
 
 
 def is_chapter(path: Path) -> bool:

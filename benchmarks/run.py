@@ -1,19 +1,24 @@
 """Execute each chapter once and tabulate its wall time and the figures it reports.
 
-Run by hand, never in CI:  ``python benchmarks/run.py [chapter-stem ...]``
+Run by hand, never in CI:  ``python benchmarks/run.py [CHAPTER ...]`` (``--help`` for options)
 
 or, to tabulate a book build that already ran (``jupyter-book build . 2>&1 | tee build.log``)
-without executing anything again:  ``python benchmarks/run.py --from-build build.log``. The build
-executes the chapters one after another, and myst-nb logs each one's wall time; the figures are
-read from the executed notebooks in ``_build/jupyter_execute`` (the lines ``report`` printed).
+without executing anything again:  ``python benchmarks/run.py --from-build build.log``. For a
+chapter the build executed, myst-nb logs its wall time; for one it took from the execution cache
+(``Using cached notebook``, the chapter tests ran it), the time is the one recorded in that cache.
+The figures are read from the executed notebooks in ``_build/jupyter_execute`` (the lines
+``report`` printed).
 
 Each chapter in ``_toc.yml`` that is a notebook is executed in a fresh kernel (working directory
 ``book/``, one intra-op thread, progress bars off). The figures a chapter passes to
 ``minigen.runtime.report`` are collected through the ``MINIGEN_REPORT`` file. Results go to
-``benchmarks/results.md`` and ``benchmarks/results.json``, with the machine's core count.
+``results.md`` and ``results.json`` in ``--out`` (default ``benchmarks/``), with the machine's
+core count; they are written to temporary files and renamed only once every requested chapter
+has run, so an interrupted run leaves the recorded results as they were.
 """
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -24,25 +29,32 @@ import tempfile
 import time
 from pathlib import Path
 
-import jupytext
-import nbclient
-import nbformat
-import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from conftest import is_chapter  # noqa: E402
 
 
 def chapters() -> list[Path]:
+    """The chapters (notebook pages) listed in ``_toc.yml``, in order."""
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     files = [c["file"] for part in toc.get("parts", []) for c in part.get("chapters", [])]
-    return [ROOT / f"{f}.md" for f in files if is_chapter(ROOT / f"{f}.md")]
+    return [ROOT / f"{f}.md" for f in files if _is_chapter(ROOT / f"{f}.md")]
+
+
+def _is_chapter(path: Path) -> bool:
+    """``conftest.is_chapter``, without importing the test machinery (torch, nbval)."""
+    if not path.is_file():
+        return False
+    head = path.read_text(encoding="utf-8")[:600]
+    return head.startswith("---") and "kernelspec:" in head
 
 
 def run_chapter(path: Path) -> dict:
     """Execute one chapter; return its wall time, status and reported figures."""
+    import jupytext
+    import nbclient
+    import nbformat
+
     with tempfile.NamedTemporaryFile("w+", suffix=".jsonl", delete=False) as f:
         report = f.name
     os.environ.update(MINIGEN_REPORT=report, MINIGEN_PROGRESS="0", OMP_NUM_THREADS="1")
@@ -66,13 +78,18 @@ def run_chapter(path: Path) -> dict:
     return {"chapter": path.stem, "seconds": round(seconds, 1), "status": status, "figures": figures}
 
 
-def from_build(log: Path) -> list[dict]:
-    """Rows from a finished build: myst-nb's logged wall times, figures from the executed notebooks."""
-    pattern = re.compile(r"book/(\S+)\.md: Executed notebook in ([0-9.]+) seconds")
-    seconds = {m[1]: float(m[2]) for m in pattern.finditer(log.read_text(errors="replace"))}
+def from_build(log: Path, wanted: list[Path] | None = None) -> list[dict]:
+    """Rows from a finished build: wall times from its log (or from the execution cache for the
+    chapters it took from there), figures from the executed notebooks."""
+    import nbformat
+
+    text = log.read_text(errors="replace")
+    seconds = {m[1]: float(m[2]) for m in re.finditer(
+        r"book/(\S+)\.md: Executed notebook in ([0-9.]+) seconds", text)}
+    seconds.update(_cached_seconds(text))
     figure_line = re.compile(r"^([\w.]+)\s{2,}(\S+)$")  # names may hold a dot: sweep_lambda_0.1_c2st
     rows = []
-    for path in chapters():
+    for path in wanted or chapters():
         executed = ROOT / "_build" / "jupyter_execute" / "book" / f"{path.stem}.ipynb"
         if path.stem not in seconds or not executed.exists():
             rows.append({"chapter": path.stem, "seconds": float("nan"), "status": "not in build",
@@ -89,6 +106,27 @@ def from_build(log: Path) -> list[dict]:
         rows.append({"chapter": path.stem, "seconds": seconds[path.stem], "status": "ok",
                      "figures": figures})
     return rows
+
+
+def _cached_seconds(text: str) -> dict[str, float]:
+    """Execution times of the chapters the build took from the cache (``Using cached notebook:
+    ID=n``), as the chapter tests recorded them in it (``execution_seconds``)."""
+    cached = {m[1]: int(m[2]) for m in re.finditer(
+        r"book/(\S+)\.md: Using cached notebook: ID=(\d+)", text)}
+    folder = re.search(r"Using jupyter-cache at: (\S+)", text)
+    if not cached or not folder or not Path(folder[1]).is_dir():
+        return {}
+    from jupyter_cache import get_cache
+
+    cache, found = get_cache(folder[1]), {}
+    for stem, pk in cached.items():
+        try:
+            data = cache.get_cache_record(pk).data or {}
+        except KeyError:
+            continue
+        if data.get("execution_seconds") is not None:
+            found[stem] = float(data["execution_seconds"])
+    return found
 
 
 def _number(text: str) -> float | str:
@@ -114,24 +152,80 @@ def to_markdown(meta: dict, rows: list[dict]) -> str:
     return "\n".join(lines + ["", f"Total: {total:.0f} s.", ""])
 
 
-def main(args: list[str]) -> None:
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line; exits with status 2 (argparse's) on a bad argument."""
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/run.py",
+        description="Execute the book's chapters one by one (or read a finished build) and "
+                    "tabulate each chapter's wall time and reported figures.")
+    parser.add_argument("chapters", nargs="*", metavar="CHAPTER",
+                        help="chapter stems from _toc.yml, e.g. 01_function_approximation "
+                             "(default: every chapter)")
+    parser.add_argument("--from-build", type=Path, metavar="LOG",
+                        help="execute nothing: read the log of a finished jupyter-book build "
+                             "and its executed notebooks in _build/jupyter_execute")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks", metavar="DIR",
+                        help="folder for results.md and results.json (default: benchmarks/)")
+    args = parser.parse_args(argv)
+    known = {p.stem: p for p in chapters()}
+    unknown = [c for c in args.chapters if c not in known]
+    if unknown:
+        parser.error(f"unknown chapter(s) {', '.join(unknown)}; _toc.yml lists: "
+                     f"{', '.join(known)}")
+    args.paths = [known[c] for c in args.chapters] or list(known.values())
+    if args.from_build is not None and not args.from_build.is_file():
+        parser.error(f"--from-build: no such file: {args.from_build}")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out: not a folder: {args.out}")
+    return args
+
+
+def write_results(out: Path, meta: dict, rows: list[dict]) -> None:
+    """Write ``results.json`` and ``results.md`` in ``out``: each to a temporary file first,
+    renamed over the old one only when both are written."""
+    out.mkdir(parents=True, exist_ok=True)
+    texts = {"results.json": json.dumps({"machine": meta, "chapters": rows}, indent=2),
+             "results.md": to_markdown(meta, rows)}
+    temporary = {}
+    try:
+        for name, text in texts.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
+            temporary[name] = Path(tmp)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+        for name, tmp in temporary.items():
+            os.replace(tmp, out / name)
+    finally:
+        for tmp in temporary.values():
+            tmp.unlink(missing_ok=True)
+
+
+def _print_row(row: dict) -> None:
+    print(f"{row['chapter']:<28} {row['seconds']:>7.1f} s  {row['status']}  {row['figures']}",
+          flush=True)
+
+
+def main(argv: list[str]) -> int:
+    """Run the benchmark; return the exit status (1 when a chapter failed, results still written)."""
+    args = parse_args(argv)
+    import torch
+
     meta = {"date": datetime.date.today().isoformat(), "cores": os.cpu_count(),
             "machine": platform.machine(), "python": platform.python_version(),
             "torch": torch.__version__}
-    if args[:1] == ["--from-build"]:
-        rows = from_build(Path(args[1]))
-        meta["source"] = f"jupyter-book build log {args[1]}"
+    if args.from_build is not None:
+        rows = from_build(args.from_build, args.paths)
+        meta["source"] = f"jupyter-book build log {args.from_build}"
+        for row in rows:
+            _print_row(row)
     else:
         rows = []
-        for path in [p for p in chapters() if not args or p.stem in args]:
+        for path in args.paths:
             rows.append(run_chapter(path))
-    for row in rows:
-        print(f"{row['chapter']:<28} {row['seconds']:>7.1f} s  {row['status']}  {row['figures']}",
-              flush=True)
-    out = ROOT / "benchmarks"
-    (out / "results.json").write_text(json.dumps({"machine": meta, "chapters": rows}, indent=2))
-    (out / "results.md").write_text(to_markdown(meta, rows))
+            _print_row(rows[-1])
+    write_results(args.out, meta, rows)
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))
