@@ -15,4 +15,4 @@ from .runtime import get_device, seed_all, setup
 __all__ = ["approx", "compare", "data", "diffusion", "flow_matching", "flows", "gan", "metrics",
            "mmd", "nn", "ode", "optim", "runtime", "sbi", "simulators", "sourcerer", "train",
            "get_device", "seed_all", "setup"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
