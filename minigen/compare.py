@@ -3,7 +3,8 @@ r"""Measuring generative models side by side: cost of sampling, paired log-likel
 The closing chapter compares every model of the book on the same targets. Its figures are
 
 - the *sampling cost*: wall-clock and CPU seconds to draw :math:`n` samples, and the number of
-  network evaluations each sample needs, counted by a forward hook (book :eq:`eq-cmp-nfe`);
+  network evaluations each sample needs, counted by forward hooks on the input layer of every
+  network of a :class:`minigen.train.Model` (book :eq:`eq-cmp-nfe`);
 - the *log-likelihood gap* on test points :math:`x_i \sim p`, paired with the exact density
   (book :eq:`eq-cmp-gap`),
 
@@ -11,6 +12,7 @@ The closing chapter compares every model of the book on the same targets. Its fi
      \;\xrightarrow[N\to\infty]{}\; \KL(p \,\|\, q_\theta) \ge 0,
 
   whose standard error is that of the paired differences only;
+- a baseline that knows only the first two moments, :func:`moment_matched`;
 - and the table that collects them, as HTML (notebook outputs render HTML tables, not Markdown).
 """
 from __future__ import annotations
@@ -23,7 +25,10 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["timed", "count_rows", "evaluations_per_sample", "loglik_gap", "html_table"]
+from .train import Model, noise
+
+__all__ = ["timed", "count_rows", "input_layers", "evaluations_per_sample", "loglik_gap", "Gaussian",
+           "moment_matched", "html_table"]
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
@@ -38,12 +43,14 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def count_rows(network: nn.Module, fn: Callable[[], Any]) -> tuple[Any, int, int]:
-    """Call ``fn()`` while counting the forward calls of ``network``; return ``(result, calls, rows)``.
+def count_rows(networks: nn.Module | Sequence[nn.Module],
+               fn: Callable[[], Any]) -> tuple[Any, int, int]:
+    """Call ``fn()`` while counting the forward calls of ``networks``; return ``(result, calls, rows)``.
 
     ``rows`` sums the leading dimension of the first input of every call: a call on a ``(B, d)``
-    batch evaluates the network at ``B`` points. The hook is removed afterwards, also on error.
+    batch evaluates a network at ``B`` points. The hooks are removed afterwards, also on error.
     """
+    networks = [networks] if isinstance(networks, nn.Module) else list(networks)
     counts = [0, 0]
 
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -51,29 +58,50 @@ def count_rows(network: nn.Module, fn: Callable[[], Any]) -> tuple[Any, int, int
         counts[0] += 1
         counts[1] += int(x.shape[0]) if x.dim() > 0 else 1
 
-    handle = network.register_forward_pre_hook(hook, with_kwargs=True)
+    handles = [net.register_forward_pre_hook(hook, with_kwargs=True) for net in networks]
     try:
         result = fn()
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     return result, counts[0], counts[1]
 
 
-def evaluations_per_sample(sample: Callable[[int], Tensor], network: nn.Module, n: int) -> float:
+def input_layers(model: nn.Module) -> list[nn.Linear]:
+    """The input layer of every network in ``model``: the first ``nn.Linear`` child of each module
+    that has ``nn.Linear`` children (an MLP built by :func:`minigen.nn.mlp`, say).
+
+    One point passing through a network enters it through that layer, so counting its rows counts
+    network evaluations without naming the model's parts.
+    """
+    layers = []
+    for module in model.modules():
+        first = next((c for c in module.children() if isinstance(c, nn.Linear)), None)
+        if first is not None:
+            layers.append(first)
+    return layers
+
+
+def evaluations_per_sample(model: Model, n: int,
+                           generator: torch.Generator | None = None) -> float:
     r"""Network evaluations per sample, :math:`\text{NFE} = R / n` (book :eq:`eq-cmp-nfe`).
 
-    Draws ``sample(n)`` (``(n, d)``) and counts the rows :math:`R` that pass through ``network``
-    on the way: 1 for a one-shot generator, ``n_steps`` times the evaluations per step for an ODE
-    or SDE solver, and for an iterative inverse (a monotone flow) its quadrature nodes times its
-    iterations, plus any set-up evaluations shared by the batch, divided by ``n``.
+    Draws ``model.sample(n, generator)`` ``(n, d)`` and counts the rows :math:`R` that enter any
+    of the model's networks on the way (:func:`input_layers`): 1 for a one-shot generator,
+    ``n_steps`` times the evaluations per step for an ODE or SDE solver, one per coupling layer for
+    a coupling flow (each layer has its own network), and for an iterative inverse (a monotone
+    flow) its quadrature nodes times its iterations, plus any set-up evaluations shared by the
+    batch, divided by ``n``. A model without networks (a fixed Gaussian) costs 0.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    x, calls, rows = count_rows(network, lambda: sample(n))
+    layers = input_layers(model)
+    x, calls, rows = count_rows(layers, lambda: model.sample(n, generator))
     if x.shape[0] != n:
-        raise ValueError(f"sample(n) returned {x.shape[0]} samples instead of n = {n}")
-    if calls == 0:
-        raise ValueError("the network was never called while sampling: is it the model's network?")
+        raise ValueError(f"model.sample(n) returned {x.shape[0]} samples instead of n = {n}")
+    if layers and calls == 0:
+        raise ValueError(f"none of the {len(layers)} networks of {type(model).__name__} was "
+                         "called while sampling")
     return rows / n
 
 
@@ -91,6 +119,53 @@ def loglik_gap(log_p: Tensor, log_q: Tensor) -> tuple[float, float]:
     if not torch.isfinite(diff).all():
         raise ValueError(f"{int((~torch.isfinite(diff)).sum())} log densities are not finite")
     return float(diff.mean()), float(diff.std() / math.sqrt(len(diff)))
+
+
+class Gaussian(Model):
+    r"""The Gaussian :math:`\N(m, \Sigma)` as a :class:`minigen.train.Model` with no network: the
+    baseline that knows two moments and nothing else.
+
+    ``mean`` ``(d,)`` and ``cov`` ``(d, d)`` (symmetric positive definite) are kept in float64;
+    ``sample(n, generator)`` returns :math:`m + L z` ``(n, d)`` with :math:`\Sigma = L L^\top`,
+    ``log_prob(x)`` ``(B, d) -> (B,)`` the exact log density. Nothing is trained.
+    """
+
+    def __init__(self, mean: Tensor, cov: Tensor):
+        super().__init__()
+        mean, cov = torch.as_tensor(mean, dtype=torch.float64), torch.as_tensor(cov, dtype=torch.float64)
+        if mean.dim() != 1 or cov.shape != (len(mean), len(mean)):
+            raise ValueError(f"mean must be (d,) and cov (d, d), got {tuple(mean.shape)} and "
+                             f"{tuple(cov.shape)}")
+        chol, info = torch.linalg.cholesky_ex(cov)
+        if info != 0 or not torch.allclose(cov, cov.T):
+            raise ValueError("cov must be symmetric positive definite")
+        self.dim, self.recipe = len(mean), {}
+        self.register_buffer("mean", mean)
+        self.register_buffer("chol", chol)  # (d, d), lower triangular
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return self.mean + noise((n, self.dim), self.mean, generator) @ self.chol.T  # (n, d)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        x = self._check_batch(x, "x").to(self.mean)
+        return torch.distributions.MultivariateNormal(self.mean, scale_tril=self.chol).log_prob(x)
+
+
+def moment_matched(mixture: Any) -> Gaussian:
+    r"""The Gaussian with a mixture's exact mean and covariance (book :eq:`eq-cmp-moments`),
+
+    .. math:: m = \sum_k \pi_k \mu_k, \qquad \Sigma = \sum_k \pi_k \big[\operatorname{diag}
+              \sigma_k^2 + (\mu_k - m)(\mu_k - m)^\top\big]
+
+    (the law of total covariance). ``mixture`` has ``weights`` ``(K,)``, ``means`` ``(K, d)`` and
+    diagonal ``stds`` ``(K, d)``, as a :class:`minigen.data.GaussianMixture`.
+    """
+    w, mu = mixture.weights.double(), mixture.means.double()  # (K,), (K, d)
+    var = mixture.stds.double().expand_as(mu) ** 2  # (K, d)
+    mean = w @ mu  # (d,)
+    centred = mu - mean  # (K, d)
+    return Gaussian(mean, torch.einsum("k,ki,kj->ij", w, centred, centred) + torch.diag(w @ var))
 
 
 def _cell(value: Any, fmt: str | None) -> str:

@@ -1,4 +1,5 @@
-"""Tests for minigen.compare: timing, evaluation counting, paired likelihood gaps, the HTML table."""
+"""Tests for minigen.compare: timing, evaluation counting, paired likelihood gaps, the moment-matched
+Gaussian, the HTML table."""
 from __future__ import annotations
 
 import math
@@ -7,10 +8,10 @@ import time
 import pytest
 import torch
 
-from minigen import compare, data, diffusion, ode
+from minigen import compare, data, diffusion, flows, gan, mmd, ode
 from minigen import flow_matching as fm
 from minigen.flows import monotone_flow
-from minigen.nn import ConditionalMLP, mlp
+from minigen.nn import mlp
 
 
 def test_timed_returns_result_and_both_clocks():
@@ -43,47 +44,104 @@ def test_count_rows_removes_hook_on_error():
     assert not net._forward_pre_hooks
 
 
-def test_nfe_of_one_shot_generator_is_one():
-    gen = mlp(3, 2, hidden=8, depth=2)
-    nfe = compare.evaluations_per_sample(lambda n: gen(torch.randn(n, 3)), gen, 100)
-    assert nfe == 1.0
+def test_count_rows_counts_several_networks():
+    a, b = mlp(2, 1, hidden=4, depth=1), mlp(2, 1, hidden=4, depth=1)
+    _, calls, rows = compare.count_rows([a, b], lambda: (a(torch.randn(3, 2)), b(torch.randn(4, 2))))
+    assert (calls, rows) == (2, 7)
+    assert not a._forward_pre_hooks and not b._forward_pre_hooks
+
+
+def test_input_layers_are_the_first_linear_of_each_network():
+    gan_model = gan.GAN(2, hidden=8, depth=2)  # generator, critic, averaged generator
+    layers = compare.input_layers(gan_model)
+    assert layers == [gan_model.generator[0], gan_model.critic[0], gan_model.average.module[0]]
+    assert compare.input_layers(compare.Gaussian(torch.zeros(2), torch.eye(2))) == []
+
+
+def test_nfe_of_one_shot_generators_is_one():
+    for model in (mmd.MMDGenerator(2, hidden=8, depth=2), gan.GAN(2, hidden=8, depth=2),
+                  gan.GAN(1, hidden=8, depth=1, ema=None)):
+        assert compare.evaluations_per_sample(model, 100) == 1.0
+
+
+def test_nfe_of_coupling_flow_is_one_per_coupling_layer():
+    for n_layers in (1, 3, 5):
+        flow = flows.coupling_flow(2, n_layers=n_layers, hidden=8)
+        assert compare.evaluations_per_sample(flow, 50) == n_layers
 
 
 @pytest.mark.parametrize("step", [ode.euler_step, ode.midpoint_step, ode.heun_step, ode.rk4_step])
 def test_nfe_of_ode_sampler_is_steps_times_evaluations_per_step(step):
-    field = ConditionalMLP(2, hidden=8, depth=1)
-    nfe = compare.evaluations_per_sample(
-        lambda n: fm.sample(field, torch.randn(n, 2), 5, step), field, 50)
-    assert nfe == 5 * ode.NFE[step]
+    flow_matching = fm.FlowMatching(2, hidden=8, depth=1, solver=ode.Solver(n_steps=5, step=step))
+    diff = diffusion.Diffusion(1, hidden=8, depth=1, sampler=ode.Solver(n_steps=3, step=step))
+    assert compare.evaluations_per_sample(flow_matching, 50) == 5 * ode.NFE[step]
+    assert compare.evaluations_per_sample(diff, 50) == 3 * ode.NFE[step]
+
+
+def test_nfe_counts_the_same_points_as_a_hand_made_counter():
+    model = fm.FlowMatching(1, hidden=8, depth=1, solver=ode.Solver(n_steps=7))
+    calls = []
+
+    def counted(x, t):
+        calls.append(len(x))
+        return model.field(x, t)
+
+    model.solver.transport(counted, torch.randn(30, 1), t_base=0.0, t_data=1.0)
+    assert compare.evaluations_per_sample(model, 30) == sum(calls) / 30 == 28
 
 
 def test_nfe_of_reverse_sde_is_number_of_steps():
-    sde = diffusion.VESDE()
-    score = diffusion.ScoreNet(sde, 1, hidden=8, depth=1)
-    with torch.no_grad():
-        nfe = compare.evaluations_per_sample(
-            lambda n: diffusion.reverse_sde_sample(score, sde, sde.prior_sample(n, 1), 13),
-            score.net, 40)
-    assert nfe == 13
+    model = diffusion.Diffusion(1, hidden=8, depth=1, sampler=diffusion.ReverseSDE(n_steps=13))
+    assert compare.evaluations_per_sample(model, 40) == 13
 
 
 def test_nfe_of_monotone_flow_counts_quadrature_nodes():
     flow = monotone_flow(hidden=8, n_nodes=4)
-    nfe = compare.evaluations_per_sample(lambda n: flow.sample(n), flow.transforms[0].g, 200)
+    nfe = compare.evaluations_per_sample(flow, 200)
     rows = round(nfe * 200)
     assert rows % 5 == 0  # every evaluation of f(x) visits the K + 1 = 5 points s_k x and x
     assert nfe >= 2 * 5  # at least one Newton iteration and the final log-det pass
 
 
+def test_nfe_of_a_model_without_network_is_zero():
+    assert compare.evaluations_per_sample(compare.Gaussian(torch.zeros(3), torch.eye(3)), 10) == 0
+
+
 def test_evaluations_per_sample_rejects_bad_input():
-    gen = mlp(1, 1, hidden=4, depth=1)
-    other = mlp(1, 1, hidden=4, depth=1)
+    gen = mmd.MMDGenerator(1, hidden=4, depth=1)
     with pytest.raises(ValueError, match="n must be >= 1"):
-        compare.evaluations_per_sample(lambda n: gen(torch.randn(n, 1)), gen, 0)
-    with pytest.raises(ValueError, match="never called"):
-        compare.evaluations_per_sample(lambda n: gen(torch.randn(n, 1)), other, 10)
+        compare.evaluations_per_sample(gen, 0)
+    gen.sample = lambda n, generator=None: torch.randn(n + 1, 1)
     with pytest.raises(ValueError, match="instead of n"):
-        compare.evaluations_per_sample(lambda n: gen(torch.randn(n + 1, 1)), gen, 10)
+        compare.evaluations_per_sample(gen, 10)
+    gen.sample = lambda n, generator=None: torch.randn(n, 1)  # bypasses the network
+    with pytest.raises(ValueError, match="none of the 1 networks"):
+        compare.evaluations_per_sample(gen, 10)
+
+
+def test_moment_matched_gaussian_has_the_mixture_moments():
+    mixture = data.mixture_2d()
+    gauss = compare.moment_matched(mixture)
+    x = mixture.sample(400_000, torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(gauss.mean, x.mean(0), atol=6e-3, rtol=0)
+    torch.testing.assert_close(gauss.chol @ gauss.chol.T, x.T.cov(), atol=1e-2, rtol=0)
+    y = gauss.sample(400_000, torch.Generator().manual_seed(1))
+    assert y.shape == (400_000, 2) and y.dtype == torch.float64
+    torch.testing.assert_close(y.T.cov(), x.T.cov(), atol=1e-2, rtol=0)
+
+
+def test_gaussian_log_prob_is_the_closed_form():
+    mean, cov = torch.tensor([0.5, -1.0]), torch.tensor([[2.0, 0.3], [0.3, 0.5]])
+    gauss = compare.Gaussian(mean, cov)
+    x = torch.randn(7, 2, dtype=torch.float64)
+    d = x - mean.double()
+    quad = (d @ torch.linalg.inv(cov.double()) * d).sum(1)
+    expected = -0.5 * quad - 0.5 * torch.logdet(2 * math.pi * cov.double())
+    torch.testing.assert_close(gauss.log_prob(x), expected)
+    with pytest.raises(ValueError, match="positive definite"):
+        compare.Gaussian(torch.zeros(2), torch.tensor([[1.0, 2.0], [2.0, 1.0]]))
+    with pytest.raises(ValueError, match="mean must be"):
+        compare.Gaussian(torch.zeros(2), torch.eye(3))
 
 
 def test_loglik_gap_of_exact_density_is_zero():
