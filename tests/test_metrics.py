@@ -163,7 +163,7 @@ def test_noise_floor_ratio_without_a_cdf_estimates_the_same_ratio():
 def test_noise_floor_ratio_default_repeats_reach_the_standard_error_target():
     target = data.mixture_1d()
     rho = metrics.noise_floor_ratio(lambda n, g: target.sample(n, g), target, n=20_000)
-    assert rho.se <= 1.2 * metrics.SE_TARGET and rho.n_repeats >= metrics.PILOT_REPEATS
+    assert rho.se <= 1.2 * metrics.SE_TARGET and rho.n_repeats >= metrics.MIN_REPEATS
 
 
 def test_noise_floor_ratio_of_a_fixed_sample_in_1d_is_exact():
