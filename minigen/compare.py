@@ -25,7 +25,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .train import Model, noise
+from .nn import _random
+from .train import Model
 
 __all__ = ["timed", "count_rows", "input_layers", "evaluations_per_sample", "loglik_gap", "Gaussian",
            "moment_matched", "html_table"]
@@ -145,7 +146,7 @@ class Gaussian(Model):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return self.mean + noise((n, self.dim), self.mean, generator) @ self.chol.T  # (n, d)
+        return self.mean + _random(torch.randn, (n, self.dim), self.mean, generator) @ self.chol.T  # (n, d)
 
     def log_prob(self, x: Tensor) -> Tensor:
         x = self._check_batch(x, "x").to(self.mean)

@@ -80,6 +80,17 @@ def _weights(w: Tensor | None, x: Tensor, name: str) -> Tensor:
     return w.to(x.device)
 
 
+def _probability(w: Tensor | None, name: str) -> None:
+    """Raise a ValueError unless the weights ``w`` (if given) are finite, >= 0 and sum to 1."""
+    if w is None:
+        return
+    w = w.detach()
+    total = float(w.sum())
+    if not torch.isfinite(w).all() or (w < 0).any() or abs(total - 1) > 1e-4:
+        raise ValueError(f"weights {name} must be finite, non-negative and sum to 1; got sum {total:.6g}"
+                         f" and min {float(w.min()):.3g}")
+
+
 def gaussian_kernel(x: Tensor, y: Tensor, bandwidth: float | Sequence[float] = 1.0) -> Tensor:
     r""":math:`k(x, y) = \frac1S\sum_s \exp(-\|x - y\|^2 / 2\sigma_s^2)`; ``(n, d), (m, d) -> (n, m)``.
 
@@ -135,6 +146,7 @@ def mmd2(x: Tensor, y: Tensor, kernel: Kernel | None = None, unbiased: bool = Fa
     """
     x, y = _pair(x, y)
     _finite(x, "x"), _finite(y, "y")
+    _probability(mu, "mu"), _probability(nu, "nu")
     k = kernel or gaussian_kernel
     if not unbiased:
         a, b = _weights(mu, x, "mu"), _weights(nu, y, "nu")
@@ -175,6 +187,7 @@ def kernel_nll(x: Tensor, y: Tensor, bandwidth: float = 1.0, mu: Tensor | None =
     x, y = _pair(x, y)
     if not bandwidth > 0:
         raise ValueError(f"bandwidth must be positive, got {bandwidth}")
+    _probability(mu, "mu"), _probability(nu, "nu")
     a, b = _weights(mu, x, "mu"), _weights(nu, y, "nu")
     d = x.shape[1]
     log_k = -torch.cdist(y, x).pow(2) / (2 * bandwidth**2) - d * math.log(
