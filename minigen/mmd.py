@@ -246,6 +246,14 @@ class CurveMixture(nn.Module):
         return torch.stack([t, powers @ self.coef.to(t)], 1)
 
     def forward(self, eps: Tensor) -> tuple[Tensor, Tensor]:
+        r"""The model as a weighted measure :math:`\mu = \sum_i \mu_i \delta_{x_i}` (book
+        :eq:`eq-mmd-curve`, weighted as in :eq:`eq-mmd-product`), differentiable in every parameter.
+
+        Each component reparametrises the same standard normal draws ``eps`` ``(n,)``,
+        :math:`t_{k,i} = m_k + s_k \varepsilon_i`, and :math:`x_{k,i} = (t_{k,i}, \sum_p c_p t_{k,i}^p)`.
+        Returns the points ``(2n, 2)`` (component 1 first) and their weights ``(2n,)``:
+        :math:`w/n` on the first ``n``, :math:`(1 - w)/n` on the last ``n``, summing to 1.
+        """
         n = eps.shape[0]
         t = self.means.to(eps)[:, None] + self.log_stds.exp().to(eps)[:, None] * eps  # (2, n)
         w = self.weight.to(eps)

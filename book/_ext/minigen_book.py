@@ -12,11 +12,26 @@
 - Writes the cached outputs into the executed notebook ``_build/jupyter_execute/<page>.ipynb``
   (the page's ``.ipynb`` download): myst-nb 1.4 renders a page from the cache but saves the
   notebook it read, without outputs.
+
+The site (each checked in Chromium by ``tests/test_browser.py``):
+
+- Adds ``book/_static/minigen-site.js`` (both sidebar buttons open their sidebar) and
+  ``minigen-site.css`` (at a phone's width long names wrap, wide equations and tables scroll in
+  their own box) to every page.
+- Writes each inline script once: Sphinx 7.4 adds a script registered after the builder started
+  (sphinx-thebe's ``const THEBE_JS_URL = ...``, sphinx-togglebutton's selector) a second time, and
+  the second ``const`` stops with "Identifier 'THEBE_JS_URL' has already been declared".
+- Labels the bibliography as the text cites, author-year (``bibtex_default_style: authoryear``).
+- Keeps ``torch.nn.Module``'s docstrings off the API page: a method without a docstring of its
+  own (it would show ``Module.forward``'s) is left out with a warning, and a class without one
+  shows no inherited ``typing.Protocol`` text.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import sys
+from collections import Counter
 from pathlib import Path
 
 from sphinx.application import Sphinx
@@ -83,6 +98,105 @@ def _save_cached_outputs(app: Sphinx, doctree) -> None:
     nbformat.write(notebook, path)
 
 
+# -- the site -----------------------------------------------------------------------------------------
+
+STATIC = Path(__file__).resolve().parents[1] / "_static"  # book/_static
+
+
+def _add_site_assets(app: Sphinx, config) -> None:
+    config.html_static_path.append(str(STATIC))
+
+
+def _drop_duplicate_scripts(app: Sphinx, pagename: str, templatename: str, context: dict,
+                            doctree) -> None:
+    """Keep the first of identical scripts (Sphinx 7.4 repeats inline ones, as ``filename=None``
+    beside ``filename=''``; a repeated ``const`` is a SyntaxError in the browser)."""
+    scripts = context.get("script_files")
+    if not isinstance(scripts, list):
+        return
+    seen, kept = set(), []
+    for js in scripts:
+        attributes = getattr(js, "attributes", {})
+        key = (getattr(js, "filename", js) or "", getattr(js, "priority", 0),
+               tuple(sorted((k, str(v)) for k, v in attributes.items())))
+        if key not in seen:
+            seen.add(key)
+            kept.append(js)
+    scripts[:] = kept
+
+
+def _register_author_year_style() -> None:
+    """The pybtex style ``authoryear``: pybtex's ``plain`` (sorted by author, year, title) with
+    labels "Ho et al., 2020" instead of numbers, the way the text cites (``author_year``)."""
+    from pybtex.plugin import register_plugin
+    from pybtex.richtext import Text
+    from pybtex.style.formatting.plain import Style as PlainStyle
+    from pybtex.style.labels import BaseLabelStyle
+
+    def names(entry) -> str:
+        people = entry.persons.get("author") or entry.persons.get("editor") or []
+        last = [Text(*p.rich_last_names).render_as("text") for p in people]
+        if not last:
+            return entry.key
+        if len(last) == 1:
+            return last[0]
+        return f"{last[0]} and {last[1]}" if len(last) == 2 else f"{last[0]} et al."
+
+    class AuthorYearLabels(BaseLabelStyle):
+        def format_labels(self, sorted_entries):
+            labels = [f"{names(e)}, {e.fields.get('year', 'n.d.')}" for e in sorted_entries]
+            count, seen = Counter(labels), Counter()
+            for label in labels:  # the same authors twice in a year: 2021a, 2021b
+                seen[label] += 1
+                yield label + "abcdefghijklmnopqrstuvwxyz"[seen[label] - 1] if count[label] > 1 else label
+
+    class AuthorYearStyle(PlainStyle):
+        default_label_style = "authoryear"
+
+    register_plugin("pybtex.style.labels", "authoryear", AuthorYearLabels, force=True)
+    register_plugin("pybtex.style.formatting", "authoryear", AuthorYearStyle, force=True)
+
+
+def _docstring_from_outside(obj) -> str | None:
+    """For a minigen class member with no docstring of its own: the class outside minigen whose
+    docstring autodoc would show instead (``torch.nn.Module``), or None."""
+    func = getattr(obj, "fget", obj)  # a property's getter
+    if getattr(obj, "__doc__", None) or not hasattr(func, "__qualname__"):
+        return None
+    module = sys.modules.get(getattr(func, "__module__", None) or "")
+    if module is None or not module.__name__.startswith("minigen"):
+        return None
+    owner = module
+    for part in func.__qualname__.split(".")[:-1]:
+        owner = getattr(owner, part, None)
+    if not isinstance(owner, type):
+        return None
+    for base in owner.__mro__[1:]:
+        member = vars(base).get(func.__name__)
+        if member is not None and getattr(member, "__doc__", None):
+            return None if base.__module__.startswith("minigen") else f"{base.__module__}.{base.__qualname__}"
+    return None
+
+
+def _skip_foreign_members(app: Sphinx, what: str, name: str, obj, skip: bool, options) -> bool | None:
+    if skip or what != "class":
+        return None
+    source = _docstring_from_outside(obj)
+    if source is None:
+        return None
+    LOGGER.warning(f"minigen: {getattr(obj, '__qualname__', name)} has no docstring of its own; the API "
+                   f"page would show {source}.{name}'s, so it is left out: write one",
+                   type="minigen", subtype="docstring")
+    return True
+
+
+def _drop_foreign_class_docstrings(app: Sphinx, what: str, name: str, obj, options,
+                                   lines: list[str]) -> None:
+    if what == "class" and isinstance(obj, type) and obj.__module__.startswith("minigen") \
+            and obj.__doc__ is None:
+        lines[:] = []  # inspect.getdoc would give typing.Protocol's (or nn.Module's) docstring
+
+
 def setup(app: Sphinx) -> dict:
     os.environ["MINIGEN_PROGRESS"] = "0"
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -90,4 +204,12 @@ def setup(app: Sphinx) -> dict:
     app.connect("config-inited", _key_execution_cache)
     app.connect("doctree-read", _save_cached_outputs)
     app.connect("build-finished", _copy_mathjax)
+    _register_author_year_style()
+    app.setup_extension("sphinx.ext.autodoc")  # for its events below
+    app.connect("config-inited", _add_site_assets)
+    app.add_js_file("minigen-site.js")
+    app.add_css_file("minigen-site.css")
+    app.connect("html-page-context", _drop_duplicate_scripts, priority=900)
+    app.connect("autodoc-skip-member", _skip_foreign_members)
+    app.connect("autodoc-process-docstring", _drop_foreign_class_docstrings)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
