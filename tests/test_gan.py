@@ -244,7 +244,7 @@ def test_fit_gan_critic_step_moves_only_the_critic_and_generator_step_only_the_g
 
 def test_fit_gan_equals_critic_step_and_generator_step_alternated_by_hand():
     """The object runs the teaching layer: same data, latents and Adam settings, same weights."""
-    real = [torch.randn(16, 2, dtype=torch.float64) + 2 for _ in range(5)]  # real[0]: prepare's
+    real = [torch.randn(16, 2, dtype=torch.float64) + 2 for _ in range(4)]
     G, C = (m.double() for m in _players())
     by_hand = [copy.deepcopy(G), copy.deepcopy(C)]
     model = gan.GAN(2, 3, generator=G, critic=C, critic_loss=gan.discriminator_loss,
@@ -257,7 +257,7 @@ def test_fit_gan_equals_critic_step_and_generator_step_alternated_by_hand():
     g_opt = torch.optim.Adam(G_h.parameters(), lr=1e-2, betas=(0.5, 0.9))
     c_opt = torch.optim.Adam(C_h.parameters(), lr=1e-2, betas=(0.5, 0.9))
     torch.manual_seed(3)
-    for x in real[1:]:
+    for x in real:
         with torch.no_grad():
             fake = G_h(torch.randn(16, 3, dtype=torch.float64))
         gan.critic_step(C_h, c_opt, gan.discriminator_loss, x, fake)
