@@ -12,7 +12,8 @@ whose minimiser :math:`D^* = p / (p + q_\theta)` makes the logit the log density
 (:eq:`eq-gan-kr-duality`); the constraint is imposed softly by a gradient penalty.
 
 Every loss here is *minimised* and is a pure function of ``(network, real, fake)``; the steps
-:func:`critic_step` and :func:`generator_step` update one player's parameters only.
+:func:`critic_step` and :func:`generator_step` update one player's parameters only. :class:`GAN`
+holds both players and :func:`minigen.train.fit` trains it, alternating the same two steps.
 
 Batches are checked: ``real`` and ``fake`` must be ``(B, d)`` with the same ``d`` (a 1D sample is
 ``x[:, None]``) and the same dtype (tensors that combine must share a dtype, else ``ValueError``
@@ -44,7 +45,6 @@ __all__ = [
     "wgan_r1_r2_loss",
     "critic_step",
     "generator_step",
-    "train_gan",
     "averaged",
     "mode_masses",
     "GAN",
@@ -201,56 +201,14 @@ def generator_step(generator: nn.Module, critic: nn.Module, optimizer: torch.opt
     return loss.item()
 
 
-def train_gan(generator: nn.Module, critic: nn.Module, sample_real: Callable[[int], Tensor],
-              latent_dim: int, critic_loss: Callable[[nn.Module, Tensor, Tensor], Tensor],
-              generator_loss: Callable[[nn.Module, Tensor], Tensor], n_steps: int, *,
-              batch: int = 256, n_critic: int = 1, lr: tuple[float, float] = (1e-3, 1e-3),
-              betas: tuple[float, float] = (0.5, 0.9), final_lr_fraction: float = 1.0,
-              average: AveragedModel | None = None,
-              callback: Callable[[int], None] | None = None) -> Tensor:
-    """Alternate ``n_critic`` critic steps and one generator step, ``n_steps`` times.
-
-    Adam for both players with learning rates ``lr = (generator, critic)``, decayed linearly to
-    ``final_lr_fraction`` of their start over the run (1: constant). ``sample_real(batch)``
-    returns ``(batch, d)`` data; latents are standard normal ``(batch, latent_dim)``.
-    ``average`` (from :func:`averaged`) is updated with the generator's weights after every
-    generator step. ``callback(step)`` runs after each step (e.g. to record mode masses). Runs
-    through :func:`minigen.train.loop`; returns the (critic, generator) loss history ``(n_steps, 2)``.
-    """
-    from .train import loop
-
-    if n_critic < 1:
-        raise ValueError(f"n_critic must be >= 1, got {n_critic}")
-    fused = next(generator.parameters()).device.type in ("cpu", "cuda")  # one pass per step
-    g_opt = torch.optim.Adam(generator.parameters(), lr=lr[0], betas=betas, fused=fused)
-    c_opt = torch.optim.Adam(critic.parameters(), lr=lr[1], betas=betas, fused=fused)
-    decay = lambda k: max(final_lr_fraction, 1 - (1 - final_lr_fraction) * k / n_steps)
-    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, decay) for o in (g_opt, c_opt)]
-
-    def step(k: int) -> tuple[float, float]:
-        for _ in range(n_critic):
-            with torch.no_grad():  # the critic step detaches the fakes anyway: build no graph
-                fake = generator(torch.randn(batch, latent_dim))
-            c = critic_step(critic, c_opt, critic_loss, sample_real(batch), fake)
-        g = generator_step(generator, critic, g_opt, generator_loss, torch.randn(batch, latent_dim))
-        if average is not None:
-            average.update_parameters(generator)
-        for s in schedulers:
-            s.step()
-        if callback is not None:
-            callback(k)
-        return c, g
-
-    return loop(step, n_steps, desc="GAN")
-
-
 def averaged(generator: nn.Module, decay: float = 0.99) -> AveragedModel:
     r"""An exponential moving average of ``generator``'s weights (:eq:`eq-gan-ema`).
 
     :math:`\bar\theta_k = \beta \bar\theta_{k-1} + (1 - \beta)\, \theta_k` with
     :math:`\beta` = ``decay``, started at the first update (so the random initial weights carry
-    no weight). Pass it to :func:`train_gan` as ``average``; call it like the generator. A
-    ``torch.optim.swa_utils.AveragedModel``; its ``module`` holds the averaged network.
+    no weight). :class:`GAN` keeps one (its ``ema``) and updates it after every training step;
+    call it like the generator. A ``torch.optim.swa_utils.AveragedModel``; its ``module`` holds
+    the averaged network.
     """
     if not 0.0 <= decay < 1.0:
         raise ValueError(f"decay must be in [0, 1), got {decay}")

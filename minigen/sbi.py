@@ -11,7 +11,9 @@ It is trained on pairs :math:`x \sim p(x|\theta)` (label :math:`y = 0`) and
 simulator knows about its latent path: the joint ratio :math:`r(x, z)` and the joint score
 :math:`t(x, z)` (:func:`rolr_loss`, :func:`rascal_loss`, :func:`sally_loss`). A batch is a dict
 with keys ``x`` ``(n, d)``, ``theta`` ``(n, 1)``, ``y`` ``(n,)``, ``log_r_joint`` ``(n,)``,
-``t_joint`` ``(n,)`` (see :func:`ratio_training_set`).
+``t_joint`` ``(n,)`` (see :func:`ratio_training_set`). These networks are estimators, not
+generative models: :func:`train_estimator` fits one to a fixed set of simulations with
+:func:`minigen.train.train`.
 
 Inputs are checked: :func:`ratio_training_set` needs a simulator object with a latent path (a
 plain function raises ``TypeError`` saying what to write), statistics are 1D, and every tensor
@@ -27,12 +29,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .nn import _count, mlp
+from .train import train
 
 __all__ = [
     "ratio_from_classifier",
     "RatioNet",
     "ratio_training_set",
     "minibatches",
+    "train_estimator",
     "classifier_loss",
     "rolr_loss",
     "rascal_loss",
@@ -121,6 +125,22 @@ def minibatches(data: dict[str, Tensor], batch_size: int,
         return {k: v[idx] for k, v in data.items()}
 
     return batch
+
+
+def train_estimator(net: nn.Module, loss: Callable[[nn.Module, dict[str, Tensor]], Tensor],
+                    data: dict[str, Tensor], n_steps: int, *, batch_size: int = 256,
+                    lr: float = 3e-3, generator: torch.Generator | None = None) -> Tensor:
+    r"""Minimise ``loss(net, batch)`` over random minibatches of a simulated data set; the losses ``(n_steps,)``.
+
+    Adam at ``lr``, decayed to zero along a cosine over the ``n_steps``; each batch holds
+    ``batch_size`` rows of ``data`` drawn with replacement by :func:`minibatches` from
+    ``generator``. ``loss`` is :func:`classifier_loss` (:eq:`eq-sbi-ce`), :func:`rolr_loss`,
+    :func:`rascal_loss` (:eq:`eq-sbi-rascal`) or :func:`sally_loss` (:eq:`eq-sbi-sally`).
+    """
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, n_steps)
+    return train(net, loss, opt, minibatches(data, batch_size, generator), n_steps,
+                 scheduler=cosine, desc=getattr(loss, "__name__", "estimator"))
 
 
 def classifier_loss(net: nn.Module, batch: dict[str, Tensor]) -> Tensor:

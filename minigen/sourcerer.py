@@ -8,7 +8,9 @@ own unknown :math:`\theta`, find a source :math:`s(\theta)` on a box whose pushf
 
 :math:`H` is estimated with the Kozachenko-Leonenko estimator :func:`kl_entropy`, :math:`SW_2`
 with :func:`minigen.metrics.sliced_wasserstein`; the source is a :class:`BoxSampler` and
-:math:`\lambda` follows :func:`lambda_schedule`.
+:math:`\lambda` follows :func:`lambda_schedule`. :class:`Sourcerer` (the source pushed through the
+simulator, a generative model of the observations) puts them together for
+:func:`minigen.train.fit`, and :func:`estimate_source` runs it.
 
 Inputs are checked: :func:`kl_entropy` takes a finite, non-empty sample ``(n, d)`` and warns
 about exact duplicates (see there); :func:`estimate_source` needs a
@@ -29,9 +31,9 @@ from torch import Tensor, nn
 from .metrics import sliced_wasserstein
 from .nn import _finite, _random, _same_dtype, mlp
 from .simulators import Simulator
-from .train import loop
+from .train import FitResult, Model, fit
 
-__all__ = ["kl_entropy", "BoxSampler", "lambda_schedule", "source_loss", "fit_source", "estimate_source"]
+__all__ = ["kl_entropy", "BoxSampler", "lambda_schedule", "source_loss", "Sourcerer", "estimate_source"]
 
 
 def kl_entropy(x: Tensor, period: Tensor | None = None, chunk: int = 2048) -> Tensor:
@@ -163,43 +165,62 @@ def source_loss(source: BoxSampler, simulator: Callable[[Tensor], Tensor], x_obs
     return (1 - lam) * log_sw - lam * entropy, log_sw, entropy
 
 
-def fit_source(simulator: Callable[[Tensor], Tensor], x_obs: Tensor, source: BoxSampler,
-               schedule: Tensor, batch: int = 1000, lr: float = 1e-3, weight_decay: float = 1e-5,
-               n_entropy: int = 512, n_projections: int = 100,
-               generator: torch.Generator | None = None) -> Tensor:
-    """Train ``source`` for ``len(schedule)`` Adam steps on random batches of ``x_obs`` ``(m, dim_x)``.
+class Sourcerer(Model):
+    r"""The pushforward :math:`s^\# = f_\# s` of a :class:`BoxSampler` source through a simulator,
+    fitted to observations by the Sourcerer loss (:eq:`eq-src-loss`): a :class:`minigen.train.Model`.
 
-    The learning rate decays from ``lr`` to 0 along a cosine, which averages out the noise of the
-    stochastic loss in the last steps.
-
-    Returns the history ``(n_steps, 3)``: loss, :math:`\\log SW_2` and entropy per step.
+    ``loss(x_obs)`` is :func:`source_loss` on a batch of observations ``(B, dim_x)`` with
+    :math:`\lambda_k` = ``lambdas[k]`` at training step :math:`k` (the last value after the
+    schedule ends), plus :math:`\tfrac{w}{2} \lVert\phi\rVert^2` on the sampler's weights with
+    :math:`w` = ``weight_decay``, whose gradient is Adam's (coupled) weight decay. The step counter
+    restarts when :func:`minigen.train.fit` starts (:meth:`prepare`) and advances after each step.
+    ``sample(n)`` simulates from ``n`` source draws, ``(n, dim_x)``; the pushforward has no
+    tractable density. The recipe: batches of 1,000, Adam at :math:`10^{-3}` decaying along a
+    cosine, one step per entry of ``lambdas``.
     """
-    params = list(source.parameters())
-    fused = params[0].device.type in ("cpu", "cuda")  # one pass over all tensors per step
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, len(schedule))
 
-    def step(k: int) -> tuple[float, float, float]:
-        idx = torch.randint(len(x_obs), (min(batch, len(x_obs)),), generator=generator)
-        loss, log_sw, h = source_loss(source, simulator, x_obs[idx], float(schedule[k]),
-                                      n_entropy, n_projections)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        cosine.step()
-        return float(loss.detach()), float(log_sw.detach()), float(h.detach())
+    def __init__(self, source: BoxSampler, simulator: Callable[[Tensor], Tensor], lambdas: Tensor,
+                 n_entropy: int = 512, n_projections: int = 100, weight_decay: float = 1e-5,
+                 recipe: dict | None = None):
+        super().__init__()
+        if lambdas.dim() != 1 or len(lambdas) == 0:
+            raise ValueError(f"lambdas must be a non-empty 1D schedule, got shape {tuple(lambdas.shape)}")
+        self.source, self.simulator, self.lambdas = source, simulator, lambdas
+        self.dim, self.step = simulator.dim_x, 0
+        self.n_entropy, self.n_projections, self.weight_decay = n_entropy, n_projections, weight_decay
+        self.recipe = dict(n_steps=len(lambdas), batch_size=1_000, lr=1e-3, schedule="cosine",
+                           **(recipe or {}))
 
-    return loop(step, len(schedule), desc="source")
+    def prepare(self, batch: Tensor) -> None:
+        self.step = 0
+
+    def after_step(self) -> None:
+        self.step += 1
+
+    def loss(self, x_obs: Tensor) -> Tensor:
+        lam = float(self.lambdas[min(self.step, len(self.lambdas) - 1)])
+        loss = source_loss(self.source, self.simulator, self._check_batch(x_obs, "x_obs"), lam,
+                           self.n_entropy, self.n_projections)[0]
+        decay = sum((p**2).sum() for p in self.source.parameters())
+        return loss + 0.5 * self.weight_decay * decay
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return self.simulator(self.source.sample(n, generator), generator)
 
 
 def estimate_source(simulator: Simulator, x_obs: Tensor, final_lambda: float | None, n_steps: int = 400,
-                    decay: float = 0.1, hidden: int = 64, depth: int = 3,
-                    **fit_kwargs) -> tuple[BoxSampler, Tensor]:
+                    decay: float = 0.1, hidden: int = 64, depth: int = 3, n_entropy: int = 512,
+                    n_projections: int = 100, weight_decay: float = 1e-5,
+                    **fit_kwargs) -> tuple[BoxSampler, FitResult]:
     r"""Fit a :class:`BoxSampler` in ``simulator.low, high`` to ``x_obs`` ``(m, dim_x)``.
 
     ``final_lambda=None`` drops the entropy term (:math:`\lambda = 0` throughout); otherwise
     :math:`\lambda` decays from 1 to ``final_lambda`` over the first ``decay`` fraction of the
-    ``n_steps``. Further arguments go to :func:`fit_source`. Returns ``(source, history)``.
+    ``n_steps`` (:func:`lambda_schedule`). Trains a :class:`Sourcerer` with
+    :func:`minigen.train.fit` on minibatches of ``x_obs`` drawn with replacement; further
+    arguments (``batch_size``, ``lr``, ``generator``, ...) go to ``fit``. Returns
+    ``(source, fit result)``; the result's ``losses`` ``(n_steps, 1)`` is the loss per step.
 
     ``simulator`` must be a :class:`minigen.simulators.Simulator` (it carries the box ``low``,
     ``high``); a plain function raises ``TypeError``.
@@ -211,6 +232,7 @@ def estimate_source(simulator: Simulator, x_obs: Tensor, final_lambda: float | N
             f"f(theta) -> x, subclass Simulator: set name, dim_theta, dim_x, low, high (tensors "
             f"(dim_theta,)) and define simulate(self, theta, generator) returning f(theta).")
     source = BoxSampler(simulator.low, simulator.high, hidden=hidden, depth=depth)
-    schedule = (torch.zeros(n_steps) if final_lambda is None
-                else lambda_schedule(n_steps, int(decay * n_steps), final_lambda))
-    return source, fit_source(simulator, x_obs, source, schedule, **fit_kwargs)
+    lambdas = (torch.zeros(n_steps) if final_lambda is None
+               else lambda_schedule(n_steps, int(decay * n_steps), final_lambda))
+    model = Sourcerer(source, simulator, lambdas, n_entropy, n_projections, weight_decay)
+    return source, fit(model, x_obs, n_steps, desc="source", **fit_kwargs)

@@ -65,7 +65,8 @@ class Model(nn.Module):
             "samples (minigen.metrics) instead of log_prob.")
 
     def prepare(self, batch: Tensor) -> None:
-        """Called by :func:`fit` with the first training batch before any step (data scales, say)."""
+        """Called by :func:`fit` with the first training batch before any step (data scales, say);
+        step 0 then trains on that same batch."""
 
     def players(self) -> dict[str, list[nn.Parameter]]:
         """The parameter groups, each with its own optimizer: by default one, ``"model"``."""
@@ -184,8 +185,12 @@ def fit(model: Model, data: Any, n_steps: int | None = None, *, batch_size: int 
             for k, ps in groups.items()}
     scheds = [s for k, o in opts.items()
               if (s := _schedule(cfg["schedule"], o, cfg["n_steps"], rates[k])) is not None]
-    next_batch = _batches(data, cfg["batch_size"], like, generator)
-    model.prepare(next_batch())
+    draw = _batches(data, cfg["batch_size"], like, generator)
+    first = [draw()]
+    model.prepare(first[0])
+
+    def next_batch() -> Tensor:  # the first batch is prepare()'s and step 0's: no draw is wasted
+        return first.pop() if first else draw()
 
     def step_fn(step: int) -> list[float]:
         values = []

@@ -1,4 +1,5 @@
 """GAN losses and penalties: closed forms for linear critics, sign conventions, who moves in a step."""
+import copy
 import math
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from minigen import gan
+from minigen import gan, train
 
 
 def linear_critic(w: list[float], b: float = 0.3) -> nn.Linear:
@@ -161,19 +162,6 @@ def test_mode_masses_without_radius_are_voronoi_masses_summing_to_one():
     assert_close(gan.mode_masses(x, means), torch.tensor([0.5, 0.5], dtype=torch.float64))
 
 
-def test_train_gan_returns_both_losses_and_moves_both_players():
-    G, C = _players()
-    g_before, c_before = _snapshot(G), _snapshot(C)
-    target = lambda n: torch.randn(n, 2) + 2
-    seen = []
-    hist = gan.train_gan(G, C, target, 3, gan.critic_loss, gan.generator_loss_wgan, 5, batch=8,
-                         n_critic=2, final_lr_fraction=0.1, callback=seen.append)
-    assert hist.shape == (5, 2) and seen == [0, 1, 2, 3, 4]
-    assert _changed(G, g_before) and _changed(C, c_before)
-    with pytest.raises(ValueError, match="n_critic must be >= 1"):
-        gan.train_gan(G, C, target, 3, gan.critic_loss, gan.generator_loss_wgan, 5, n_critic=0)
-
-
 def test_fused_r1_r2_loss_equals_sum_of_its_parts(batch):
     torch.manual_seed(0)
     f = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 1)).double()
@@ -207,15 +195,90 @@ def test_averaged_generator_is_the_exponential_moving_average_started_at_the_fir
             gan.averaged(net, bad)
 
 
-def test_train_gan_updates_the_average_after_every_generator_step():
+def _gan(n_critic: int = 1, ema: float | None = None, **losses) -> gan.GAN:
     G, C = _players()
-    avg = gan.averaged(G, 0.5)
+    return gan.GAN(2, latent_dim=3, generator=G, critic=C, n_critic=n_critic, ema=ema, **losses)
+
+
+def test_fit_gan_returns_every_loss_and_moves_both_players():
+    model = _gan(n_critic=2, critic_loss=gan.critic_loss)
+    g_before, c_before = _snapshot(model.generator), _snapshot(model.critic)
+    seen = []
+    result = train.fit(model, lambda n: torch.randn(n, 2) + 2, 5, batch_size=8, callback=seen.append,
+                       progress=False)
+    assert result.losses.shape == (5, 3) and seen == [0, 1, 2, 3, 4]  # two critic losses, then G's
+    assert _changed(model.generator, g_before) and _changed(model.critic, c_before)
+    with pytest.raises(ValueError, match="n_critic must be >= 1"):
+        _gan(n_critic=0)
+
+
+def test_fit_gan_critic_step_moves_only_the_critic_and_generator_step_only_the_generator():
+    """Snapshots taken when each loss is evaluated, inside one step of fit (critic, then generator)."""
+    seen = {}
+
+    def critic_loss(f, real, fake):
+        seen["G at critic loss"] = _snapshot(model.generator)
+        return gan.critic_loss(f, real, fake)
+
+    def generator_loss(f, fake):
+        seen["G at generator loss"] = _snapshot(model.generator)
+        seen["C at generator loss"] = _snapshot(model.critic)
+        seen["C grads at generator loss"] = [p.grad.clone() for p in model.critic.parameters()]
+        seen["G grads at generator loss"] = [p.grad for p in model.generator.parameters()]
+        return gan.generator_loss_wgan(f, fake)
+
+    model = _gan(critic_loss=critic_loss, generator_loss=generator_loss)
+    c_before = _snapshot(model.critic)
+    train.fit(model, lambda n: torch.randn(n, 2) + 2, 1, batch_size=8, progress=False)
+    # the critic step moved the critic, not the generator, and gave the generator no gradient
+    assert _changed(model.critic, c_before)
+    for p, q in zip(seen["G at critic loss"], seen["G at generator loss"]):
+        assert torch.equal(p, q)
+    assert all(gr is None for gr in seen["G grads at generator loss"])
+    # the generator step moved the generator, not the critic, and left the critic's grads alone
+    assert _changed(model.generator, seen["G at generator loss"])
+    assert not _changed(model.critic, seen["C at generator loss"])
+    for p, gr in zip(model.critic.parameters(), seen["C grads at generator loss"]):
+        assert torch.equal(p.grad, gr)
+
+
+def test_fit_gan_equals_critic_step_and_generator_step_alternated_by_hand():
+    """The object runs the teaching layer: same data, latents and Adam settings, same weights."""
+    real = [torch.randn(16, 2, dtype=torch.float64) + 2 for _ in range(4)]
+    G, C = (m.double() for m in _players())
+    by_hand = [copy.deepcopy(G), copy.deepcopy(C)]
+    model = gan.GAN(2, 3, generator=G, critic=C, critic_loss=gan.discriminator_loss,
+                    generator_loss=gan.generator_loss_nonsaturating, n_critic=1, ema=None)
+    batches = iter(real)
+    torch.manual_seed(3)
+    train.fit(model, lambda n: next(batches), 4, batch_size=16, lr=1e-2, progress=False)
+
+    G_h, C_h = by_hand
+    g_opt = torch.optim.Adam(G_h.parameters(), lr=1e-2, betas=(0.5, 0.9))
+    c_opt = torch.optim.Adam(C_h.parameters(), lr=1e-2, betas=(0.5, 0.9))
+    torch.manual_seed(3)
+    for x in real:
+        with torch.no_grad():
+            fake = G_h(torch.randn(16, 3, dtype=torch.float64))
+        gan.critic_step(C_h, c_opt, gan.discriminator_loss, x, fake)
+        gan.generator_step(G_h, C_h, g_opt, gan.generator_loss_nonsaturating,
+                           torch.randn(16, 3, dtype=torch.float64))
+    for a, b in zip([*G.parameters(), *C.parameters()], [*G_h.parameters(), *C_h.parameters()]):
+        assert_close(a, b)
+
+
+def test_fit_gan_updates_the_average_after_every_step():
+    model = _gan(n_critic=1, ema=0.5, critic_loss=gan.critic_loss)
     snapshots = []
-    gan.train_gan(G, C, lambda n: torch.randn(n, 2) + 2, 3, gan.critic_loss, gan.generator_loss_wgan,
-                  3, batch=8, average=avg, callback=lambda k: snapshots.append(_snapshot(G)))
+    train.fit(model, lambda n: torch.randn(n, 2) + 2, 3, batch_size=8, progress=False,
+              callback=lambda k: snapshots.append(_snapshot(model.generator)))
     expected = snapshots[0]
     for snap in snapshots[1:]:
         expected = [0.5 * e + 0.5 * s for e, s in zip(expected, snap)]
-    for a, e in zip(avg.module.parameters(), expected):
+    for a, e in zip(model.average.module.parameters(), expected):
         assert_close(a, e)
-    assert int(avg.n_averaged) == 3
+    assert int(model.average.n_averaged) == 3
+    torch.manual_seed(0)
+    from_average = model.sample(4)
+    torch.manual_seed(0)
+    assert_close(from_average, model.average.module(torch.randn(4, 3)))  # samples come from it

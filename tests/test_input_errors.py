@@ -265,9 +265,10 @@ def test_a_simulator_subclass_wrapping_a_function_is_accepted():
             return theta + 0.1 * torch.randn(theta.shape, generator=generator)
 
     g = torch.Generator().manual_seed(0)
-    source, history = sourcerer.estimate_source(Shift(), torch.rand(64, 2, generator=g), None,
-                                                n_steps=2, hidden=8, depth=1, batch=32, n_projections=8)
-    assert history.shape == (2, 3) and torch.isfinite(history).all()
+    source, result = sourcerer.estimate_source(Shift(), torch.rand(64, 2, generator=g), None,
+                                               n_steps=2, hidden=8, depth=1, batch_size=32,
+                                               n_projections=8)
+    assert result.losses.shape == (2, 1) and torch.isfinite(result.losses).all()
 
 
 # --- duplicated points in kl_entropy --------------------------------------------------------

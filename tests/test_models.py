@@ -131,7 +131,7 @@ def test_fit_stops_at_the_first_non_finite_loss_naming_step_and_player():
         calls["n"] += 1
         return torch.full((n, 2), math.nan) if calls["n"] > 7 else torch.zeros(n, 2)
 
-    # prepare() takes one batch, then each step takes n_critic = 2 batches: the NaN comes in step 3
+    # each step takes n_critic = 2 batches (prepare() sees step 0's first): the 8th is step 3's
     with pytest.raises(train.NonFiniteLossError, match=r"\(critic\).*step 3") as err:
         train.fit(model, data_fn, n_steps=10, batch_size=4, progress=False)
     assert err.value.step == 3 and err.value.player == "critic"

@@ -1,5 +1,6 @@
 """Learned likelihood ratios: the classifier identity, the mining-gold losses, calibration and
 likelihood intervals."""
+import copy
 import math
 
 import pytest
@@ -172,3 +173,24 @@ def test_likelihood_interval_of_a_gaussian_log_likelihood(level, z):
     assert math.isclose(low, 1.0 - z * 0.3, abs_tol=1e-3) and math.isclose(high, 1.0 + z * 0.3, abs_tol=1e-3)
     with pytest.raises(ValueError, match="equal length"):
         sbi.likelihood_interval(theta, theta[:-1])
+
+
+def test_train_estimator_is_adam_with_a_cosine_decay_on_minibatches():
+    torch.manual_seed(0)
+    data = {"x": torch.randn(64, 1), "theta": torch.rand(64, 1), "y": (torch.rand(64) < 0.5).float()}
+    net_a = sbi.RatioNet(dim_x=1, hidden=8, depth=1)
+    net_b = copy.deepcopy(net_a)
+    history = sbi.train_estimator(net_a, sbi.classifier_loss, data, 5, batch_size=16, lr=1e-2,
+                                  generator=torch.Generator().manual_seed(1))
+    opt = torch.optim.Adam(net_b.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 5)
+    batches = sbi.minibatches(data, 16, torch.Generator().manual_seed(1))
+    for k in range(5):
+        loss = sbi.classifier_loss(net_b, batches(k))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        assert abs(loss.item() - float(history[k])) < 1e-6
+    for a, b in zip(net_a.parameters(), net_b.parameters()):
+        torch.testing.assert_close(a, b)

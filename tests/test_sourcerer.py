@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from minigen import metrics, simulators, sourcerer
+from minigen import metrics, simulators, sourcerer, train
 
 
 def gen(seed=0):
@@ -108,15 +108,58 @@ def test_source_loss_interpolates_log_sw_and_negative_entropy():
         assert lam > 0 or float(h) == 0.0
 
 
-def test_fit_source_without_entropy_moves_the_pushforward_towards_the_data():
+def test_estimate_source_without_entropy_moves_the_pushforward_towards_the_data():
     sim = simulators.GaussianMixtureSim()
     g = gen()
     x_obs = sim(sim.sample_source(1000, g), g)
     torch.manual_seed(0)
-    source, history = sourcerer.estimate_source(sim, x_obs, None, n_steps=60, hidden=16, depth=2,
-                                                batch=500, lr=1e-2, n_projections=20, generator=g)
-    assert history.shape == (60, 3) and (history[:, 2] == 0).all()
-    assert history[-10:, 1].mean() < history[:10, 1].mean() - 0.5
+    source, result = sourcerer.estimate_source(sim, x_obs, None, n_steps=60, hidden=16, depth=2,
+                                               batch_size=500, lr=1e-2, n_projections=20,
+                                               generator=g, progress=False)
+    assert result.losses.shape == (60, 1) and result.settings["batch_size"] == 500
+    assert result.losses[-10:, 0].mean() < result.losses[:10, 0].mean() - 0.5  # log SW_2 fell
+
+
+def _tiny_sourcerer(lambdas, weight_decay=0.0):
+    sim = simulators.GaussianMixtureSim()
+    torch.manual_seed(0)
+    source = sourcerer.BoxSampler(sim.low, sim.high, hidden=8, depth=1)
+    return sim, sourcerer.Sourcerer(source, sim, lambdas, n_entropy=64, n_projections=10,
+                                    weight_decay=weight_decay)
+
+
+def test_sourcerer_loss_follows_the_lambda_schedule_step_by_step():
+    """At step k the loss is source_loss with lambda_k; after the schedule, the last lambda."""
+    lambdas = torch.tensor([1.0, 0.5, 0.2])
+    sim, model = _tiny_sourcerer(lambdas)
+    x_obs = sim(sim.sample_source(200, gen()), gen())
+    for k, lam in enumerate([1.0, 0.5, 0.2, 0.2]):
+        model.step = k
+        torch.manual_seed(k)
+        got = model.loss(x_obs)
+        torch.manual_seed(k)
+        assert_close(got, sourcerer.source_loss(model.source, sim, x_obs, lam, 64, 10)[0])
+    seen = []
+    train.fit(model, x_obs, 3, batch_size=50, callback=lambda k: seen.append(model.step),
+              progress=False)
+    assert seen == [1, 2, 3]  # fit restarts the counter (prepare) and advances it after each step
+    with pytest.raises(ValueError, match=r"x_obs must have shape \(B, 2\)"):
+        model.loss(torch.zeros(5, 3))
+
+
+def test_sourcerer_weight_decay_term_has_the_gradient_of_adams_weight_decay():
+    lambdas = torch.zeros(1)
+    sim, model = _tiny_sourcerer(lambdas, weight_decay=0.1)
+    _, plain = _tiny_sourcerer(lambdas)  # same seed: the same weights
+    x_obs = sim(sim.sample_source(100, gen()), gen())
+    torch.manual_seed(1)
+    g_decay = torch.autograd.grad(model.loss(x_obs), list(model.source.parameters()))
+    torch.manual_seed(1)
+    g_plain = torch.autograd.grad(plain.loss(x_obs), list(plain.source.parameters()))
+    for a, b, p in zip(g_decay, g_plain, model.source.parameters()):
+        assert_close(a, b + 0.1 * p.detach())
+    x = model.sample(7, gen())
+    assert x.shape == (7, 2) and not x.requires_grad
 
 
 def test_plot_samples_panels_and_tradeoff_draw_their_data():

@@ -51,3 +51,34 @@ def test_train_updates_every_parameter_of_an_mlp():
     before = [p.detach().clone() for p in model.parameters()]
     train.train(model, lambda m, b: m(b).pow(2).mean(), opt, torch.randn(16, 2), 3, progress=False)
     assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+class _Centre(train.Model):
+    """A toy model: loss E|x - w|^2, minimised at the data mean."""
+
+    def __init__(self):
+        super().__init__()
+        self.dim, self.recipe = 2, {}
+        self.w = torch.nn.Parameter(torch.tensor([3.0, -1.0], dtype=torch.float64))
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.w) ** 2).sum(1).mean()
+
+
+def test_fit_is_train_with_fused_adam_its_schedule_and_the_same_batches():
+    """fit = the teaching loop with Adam (fused), a cosine decay and clipping, on the same batches;
+    the batch prepare() sees is the one step 0 trains on, so no draw is wasted."""
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(8, 2, generator=g, dtype=torch.float64) for _ in range(6)]
+    by_fit, by_train = _Centre(), _Centre()
+    stream = iter(batches)
+    result = train.fit(by_fit, lambda n: next(stream), 6, batch_size=8, lr=0.1, schedule="cosine",
+                       clip_grad=0.5, progress=False)
+    opt = torch.optim.Adam(by_train.parameters(), lr=0.1, fused=True)
+    history = train.train(by_train, lambda m, b: m.loss(b), opt, lambda k: batches[k], 6,
+                          scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(opt, 6),
+                          clip_grad=0.5, progress=False)
+    torch.testing.assert_close(result.losses[:, 0], history)
+    torch.testing.assert_close(by_fit.w, by_train.w)
+    assert result.settings["schedule"] == "cosine"
+    assert not torch.equal(by_fit.w.detach(), torch.tensor([3.0, -1.0], dtype=torch.float64))
