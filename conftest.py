@@ -32,6 +32,7 @@ ROOT = Path(__file__).parent
 sys.path.insert(0, str(ROOT / "book" / "_ext"))
 import minigen_cache  # noqa: E402
 os.environ["MINIGEN_PROGRESS"] = "0"  # executed chapters show results, not progress bars
+os.environ.setdefault("MINIGEN_KEEP_FREED_MEMORY", "1")  # glibc keeps freed activations (runtime.setup)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 

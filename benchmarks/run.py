@@ -57,7 +57,7 @@ def run_chapter(path: Path) -> dict:
 
     with tempfile.NamedTemporaryFile("w+", suffix=".jsonl", delete=False) as f:
         report = f.name
-    os.environ.update(MINIGEN_REPORT=report, MINIGEN_PROGRESS="0", OMP_NUM_THREADS="1")
+    os.environ.update(MINIGEN_REPORT=report, MINIGEN_PROGRESS="0", MINIGEN_KEEP_FREED_MEMORY="1", OMP_NUM_THREADS="1")
     nb = jupytext.read(path)
     # A last cell records the kernel's CPU time: unlike wall time, it barely moves with machine load.
     nb.cells.append(nbformat.v4.new_code_cell(

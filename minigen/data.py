@@ -36,7 +36,6 @@ __all__ = [
     "Pinwheel",
     "Rings",
     "mixture_1d",
-    "asymmetric_1d",
     "skewed_mixture_1d",
     "four_mode_1d",
     "student_t_1d",
@@ -241,12 +240,6 @@ def mixture_1d() -> GaussianMixture:
     """The 1D target 0.5 N(-1, 0.5^2) + 0.5 N(+1, 0.5^2) of the early chapters."""
     return GaussianMixture(torch.tensor([0.5, 0.5]), torch.tensor([[-1.0], [1.0]]),
                            torch.tensor([0.5, 0.5]))
-
-
-def asymmetric_1d() -> GaussianMixture:
-    """An asymmetric 1D target: a narrow left mode and a wide, heavier right mode."""
-    return GaussianMixture(torch.tensor([0.3, 0.5, 0.2]), torch.tensor([[-2.0], [0.5], [2.0]]),
-                           torch.tensor([0.25, 0.6, 0.4]))
 
 
 def skewed_mixture_1d() -> GaussianMixture:

@@ -28,7 +28,6 @@ __all__ = [
     "Affine",
     "MonotoneIntegral",
     "AffineCoupling",
-    "Rotation",
     "Flow",
     "gauss_legendre",
     "nll_loss",
@@ -201,26 +200,6 @@ class AffineCoupling(Transform):
         return (z - t) * (-s).exp(), -s.sum(-1)
 
 
-class Rotation(Transform):
-    r"""Fixed orthogonal map :math:`z = x Q` (:math:`Q^\top Q = I`, so :math:`\log|\det| = 0`).
-
-    Placed between couplings it changes the axes along which the next coupling acts. ``Q`` is drawn
-    as the orthogonal factor of a Gaussian matrix from ``seed``.
-    """
-
-    def __init__(self, dim: int, seed: int = 0):
-        super().__init__()
-        a = torch.randn(dim, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-        q, r = torch.linalg.qr(a)
-        self.register_buffer("q", q * r.diagonal().sign())  # (d, d), float64
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return x @ self.q.to(x), x.new_zeros(x.shape[0])
-
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        return z @ self.q.to(z).T, z.new_zeros(z.shape[0])
-
-
 class Flow(Transform, Model):
     r"""Transforms :math:`f_1, \dots, f_L` applied in order, then a base distribution.
 
@@ -283,16 +262,12 @@ def monotone_flow(hidden: int = 16, depth: int = 2, n_nodes: int = 8) -> Flow:
     return Flow([MonotoneIntegral(hidden, depth, n_nodes)], StandardNormal(1), MONOTONE_RECIPE)
 
 
-def coupling_flow(dim: int = 2, n_layers: int = 12, hidden: int = 64, depth: int = 2,
-                  rotate: bool = False) -> Flow:
+def coupling_flow(dim: int = 2, n_layers: int = 12, hidden: int = 64, depth: int = 2) -> Flow:
     """An :class:`Affine` standardisation, then ``n_layers`` :class:`AffineCoupling` with alternating
-    masks, each but the last followed by a fixed :class:`Rotation` when ``rotate`` (on two moons
-    this trained worse than plain alternating masks, hence off by default)."""
+    masks (chapter 3's recipe)."""
     if dim < 2:
         raise ValueError(f"coupling needs dim >= 2, got {dim}")
     transforms: list[Transform] = [Affine(dim)]
     for layer in range(n_layers):
         transforms.append(AffineCoupling((torch.arange(dim) + layer) % 2, hidden, depth))
-        if rotate and layer < n_layers - 1:
-            transforms.append(Rotation(dim, seed=layer))
     return Flow(transforms, StandardNormal(dim), COUPLING_RECIPE)

@@ -117,8 +117,8 @@ def ks_1d(x: Tensor, y: Tensor | Callable[[Tensor], Tensor]) -> float:
 def sort_columns(x: Tensor) -> Tensor:
     """Each column of ``x`` ``(n, L)`` sorted ascending, differentiable like ``x.sort(dim=0).values``.
 
-    On the CPU the order comes from NumPy, whose sort was 3-7 times faster than ``torch.sort`` here
-    for the ``(20,000, 500)`` and ``(2,000, 100)`` shapes of the sliced distances; with a gradient,
+    On the CPU the order comes from NumPy, whose row sort is faster than ``torch.sort`` for the
+    tall shapes of the sliced distances (timings in ``benchmarks/``); with a gradient,
     the values are then gathered from ``x``, so autograd sees the same permutation. Elsewhere it is
     ``torch.sort``.
     """

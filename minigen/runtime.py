@@ -26,17 +26,23 @@ def get_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def setup(seed: int = 0, threads: int | None = 1) -> torch.device:
+def setup(seed: int = 0, threads: int | None = 1, keep_memory: bool | None = None) -> torch.device:
     """Seed everything, limit intra-op CPU threads, and return the device to use.
 
-    One intra-op thread is the default because the book's models are small: on a 2-core machine,
-    training a small MLP was measured 40 to 100 times slower with two threads while another
-    process was busy (OpenMP spin-waiting). Pass ``threads=None`` to keep torch's default.
-    On Linux it also tells the C allocator to keep freed memory (:func:`keep_freed_memory`).
+    One intra-op thread is the default because the book's models are small: with several threads
+    on a busy machine OpenMP spin-waiting can slow a small MLP by an order of magnitude (the
+    measurements are in ``benchmarks/``). Pass ``threads=None`` to keep torch's default.
+    ``keep_memory=True`` also tells the C allocator to keep freed memory
+    (:func:`keep_freed_memory`); it is off unless asked for, or unless the environment variable
+    ``MINIGEN_KEEP_FREED_MEMORY=1`` is set (the book's build and tests set it), so that using
+    minigen changes no process-wide allocator setting by default.
     """
     if threads is not None:
         torch.set_num_threads(threads)
-    keep_freed_memory()
+    if keep_memory is None:
+        keep_memory = os.environ.get("MINIGEN_KEEP_FREED_MEMORY", "0") == "1"
+    if keep_memory:
+        keep_freed_memory()
     seed_all(seed)
     return get_device()
 
@@ -45,8 +51,8 @@ def keep_freed_memory(keep_mb: int = 32) -> bool:
     """Let glibc's ``malloc`` reuse the memory of freed tensors instead of handing it back.
 
     By default glibc maps each block of a few MB afresh and unmaps it when freed, so every new
-    activation of that size page-faults its memory in again: sampling 20,000 points through a
-    64-unit MLP (5 MB activations) was measured twice as slow as with this setting. Blocks under
+    activation of that size page-faults its memory in again (sampling 20,000 points through a
+    64-unit MLP moves 5 MB activations: see ``benchmarks/`` for the effect). Blocks under
     ``keep_mb`` MB now come from the heap, and up to ``keep_mb`` MB of free heap is kept (32 MB is
     the largest threshold every 64-bit glibc accepts). Returns whether the setting took effect
     (only with glibc, as on most Linux systems); it changes no result.

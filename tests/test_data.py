@@ -7,10 +7,10 @@ from torch.testing import assert_close
 
 from minigen import data, metrics
 
-TARGETS_1D = [data.mixture_1d(), data.asymmetric_1d()]
+TARGETS_1D = [data.mixture_1d(), data.skewed_mixture_1d()]
 TARGETS_2D = [data.eight_gaussians(), data.mixture_2d()]
 FAMILY = data.targets()
-ALL_1D = {"mixture_1d": data.mixture_1d(), "asymmetric_1d": data.asymmetric_1d(), **data.targets(1)}
+ALL_1D = {"mixture_1d": data.mixture_1d(), **data.targets(1)}
 ALL_2D = {"mixture_2d": data.mixture_2d(), **data.targets(2)}
 
 

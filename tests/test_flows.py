@@ -25,9 +25,9 @@ def _transforms() -> list[tuple[str, flows.Transform, int]]:
         ("monotone", flows.MonotoneIntegral(hidden=16, depth=2, n_nodes=16), 1),
         ("coupling-2d", flows.AffineCoupling([1, 0], hidden=16), 2),
         ("coupling-3d", flows.AffineCoupling([0, 1, 0], hidden=16), 3),
-        ("rotation-3d", flows.Rotation(3, seed=1), 3),
         ("monotone-flow", flows.monotone_flow(hidden=16, n_nodes=16), 1),
         ("coupling-flow", flows.coupling_flow(2, n_layers=3, hidden=16), 2),
+        ("coupling-flow-3d", flows.coupling_flow(3, n_layers=3, hidden=16), 3),
     ]
 
 

@@ -43,3 +43,15 @@ def test_keep_freed_memory_takes_effect_with_glibc():
     import platform
 
     assert minigen.runtime.keep_freed_memory() == (platform.libc_ver()[0] == "glibc")
+
+
+def test_setup_changes_no_allocator_setting_unless_asked(monkeypatch):
+    calls = []
+    monkeypatch.setattr(minigen.runtime, "keep_freed_memory", lambda *a: calls.append(a) or True)
+    monkeypatch.delenv("MINIGEN_KEEP_FREED_MEMORY", raising=False)
+    minigen.setup(seed=0)
+    assert calls == []
+    minigen.setup(seed=0, keep_memory=True)
+    monkeypatch.setenv("MINIGEN_KEEP_FREED_MEMORY", "1")
+    minigen.setup(seed=0)
+    assert len(calls) == 2

@@ -199,6 +199,7 @@ def _drop_foreign_class_docstrings(app: Sphinx, what: str, name: str, obj, optio
 
 def setup(app: Sphinx) -> dict:
     os.environ["MINIGEN_PROGRESS"] = "0"
+    os.environ.setdefault("MINIGEN_KEEP_FREED_MEMORY", "1")  # as in conftest.py: see minigen.runtime.setup
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     app.connect("config-inited", _use_local_mathjax)
     app.connect("config-inited", _key_execution_cache)
