@@ -640,3 +640,17 @@ def test_binder_environment_opens_markdown_notebooks():
     assert os.access(post_build, os.X_OK), "binder/postBuild must be executable"
     assert "pip install" in post_build.read_text() and "-e ." in post_build.read_text(), \
         "binder/postBuild must install the minigen package"
+
+
+def test_every_image_has_alt_text_that_is_not_its_file_path():
+    pages = sorted((HTML / "book").glob("*.html")) if HTML.exists() else []
+    if not pages:
+        pytest.skip(f"no built pages in {HTML}")
+    bad = []
+    for page in pages:
+        for tag in re.findall(r"<img\b[^>]*>", page.read_text(encoding="utf-8")):
+            alt = re.search(r'\balt="([^"]*)"', tag)
+            src = re.search(r'\bsrc="([^"]*)"', tag)
+            if alt is None or not alt.group(1).strip() or (src and alt.group(1) == src.group(1)):
+                bad.append(f"{page.name}: {tag[:120]}")
+    assert not bad, f"{len(bad)} images without alt text (or with their path as alt): {bad[:5]}"

@@ -197,6 +197,25 @@ def _drop_foreign_class_docstrings(app: Sphinx, what: str, name: str, obj, optio
         lines[:] = []  # inspect.getdoc would give typing.Protocol's (or nn.Module's) docstring
 
 
+def _alt_text_from_captions(app: Sphinx, doctree, docname: str) -> None:
+    """Give every image without alt text one: its figure's caption, else a generic description.
+
+    Without it the HTML writer falls back to the image's file path, which a screen reader reads
+    out as a hash. A figure made by a code cell carries its caption in ``mystnb: figure:``.
+    """
+    from docutils import nodes
+
+    for image in doctree.findall(nodes.image):
+        if image.get("alt") and image["alt"] != image.get("uri"):
+            continue
+        parent = image.parent
+        while parent is not None and not isinstance(parent, nodes.figure):
+            parent = parent.parent
+        captions = list(parent.findall(nodes.caption)) if parent is not None else []
+        text = " ".join(captions[0].astext().split()) if captions else ""
+        image["alt"] = text or "Figure drawn by the code cell above"
+
+
 def setup(app: Sphinx) -> dict:
     os.environ["MINIGEN_PROGRESS"] = "0"
     os.environ.setdefault("MINIGEN_KEEP_FREED_MEMORY", "1")  # as in conftest.py: see minigen.runtime.setup
@@ -204,6 +223,7 @@ def setup(app: Sphinx) -> dict:
     app.connect("config-inited", _use_local_mathjax)
     app.connect("config-inited", _key_execution_cache)
     app.connect("doctree-read", _save_cached_outputs)
+    app.connect("doctree-resolved", _alt_text_from_captions)
     app.connect("build-finished", _copy_mathjax)
     _register_author_year_style()
     app.setup_extension("sphinx.ext.autodoc")  # for its events below
