@@ -54,6 +54,14 @@ __all__ = [
     "probability_flow",
     "ode_sample",
     "ode_log_prob",
+    "GaussianPath",
+    "path_rates",
+    "noise_from_score",
+    "score_from_noise",
+    "velocity_from_noise",
+    "velocity_from_score",
+    "score_from_velocity",
+    "flow_matching_field",
 ]
 
 Score = Callable[[Tensor, Tensor], Tensor]
@@ -490,3 +498,122 @@ class Diffusion(Model):
         solver = self.sampler if isinstance(self.sampler, ode.Solver) else ode.Solver()
         return solver.log_prob(self.velocity, self._check_batch(x, "x"), self.sde.prior_log_prob,
                                t_data=self.t_min, t_base=1.0)
+
+
+# --- From diffusion to flow matching (book page "From diffusion to flow matching") -------------
+#
+# A Gaussian path x_t = alpha_t x_0 + sigma_t eps (data at t = 0) has three equivalent
+# parametrisations of what a network learns: the score s, the noise prediction eps_hat and the
+# velocity v. The conversions below are pointwise in (x, t); every ``alpha``, ``sigma``,
+# ``dalpha``, ``dsigma`` is a scalar or a ``(B,)`` tensor, every other tensor ``(B, d)``.
+
+
+class GaussianPath(Protocol):
+    r"""A Gaussian probability path :math:`x_t = \alpha_t x_0 + \sigma_t \varepsilon` (:eq:`eq-bridge-path`).
+
+    Any :class:`SDE` is one; chapter 7's straight line with a standard normal source is another
+    (:math:`\alpha_t = 1 - t`, :math:`\sigma_t = t` in chapter 6's time). ``t`` ``(B,)``.
+    """
+
+    def alpha(self, t: Tensor) -> Tensor: ...
+    def sigma(self, t: Tensor) -> Tensor: ...
+
+
+def path_rates(path: GaussianPath, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""The schedules and their time derivatives :math:`(\alpha_t, \sigma_t, \dot\alpha_t, \dot\sigma_t)` (:eq:`eq-bridge-conditional-velocity`).
+
+    Derivatives by forward-mode autograd of ``path.alpha`` and ``path.sigma`` (elementwise in
+    ``t``), so any path with differentiable schedules works, under ``torch.no_grad`` too.
+    ``t`` ``(B,)``; returns four ``(B,)`` tensors.
+    """
+    if not isinstance(t, Tensor) or t.dim() != 1:
+        raise ValueError(f"t must be a (B,) tensor of times, got {getattr(t, 'shape', type(t))}")
+    ones = torch.ones_like(t)
+    alpha, dalpha = torch.func.jvp(path.alpha, (t,), (ones,))
+    sigma, dsigma = torch.func.jvp(path.sigma, (t,), (ones,))
+    return alpha, sigma, dalpha, dsigma
+
+
+def noise_from_score(score_t: Tensor, sigma: Tensor | float) -> Tensor:
+    r"""Noise prediction of a score, :math:`\hat\varepsilon(x, t) = \E[\varepsilon \mid x_t = x] = -\sigma_t\, s(x, t)` (:eq:`eq-bridge-eps`).
+
+    ``score_t`` ``(B, d)``; ``sigma`` a scalar or ``(B,)``; returns ``(B, d)``.
+    """
+    return -_t(sigma, _batch(score_t, "score_t"))[:, None] * score_t
+
+
+def score_from_noise(eps_t: Tensor, sigma: Tensor | float) -> Tensor:
+    r"""Score of a noise prediction, :math:`s(x, t) = -\hat\varepsilon(x, t)/\sigma_t` (:eq:`eq-bridge-eps`); ``(B, d)``."""
+    return -eps_t / _t(sigma, _batch(eps_t, "eps_t"))[:, None]
+
+
+def velocity_from_noise(eps_t: Tensor, x: Tensor, alpha: Tensor | float, sigma: Tensor | float,
+                        dalpha: Tensor | float, dsigma: Tensor | float) -> Tensor:
+    r"""Marginal velocity of the Gaussian path from a noise prediction (:eq:`eq-bridge-velocity`).
+
+    .. math:: v(x, t) = \dot\alpha_t \hat x_0 + \dot\sigma_t \hat\varepsilon, \qquad
+        \hat x_0 = (x - \sigma_t \hat\varepsilon)/\alpha_t,
+
+    the conditional velocity :math:`\dot\alpha_t x_0 + \dot\sigma_t\varepsilon` with both
+    unknowns replaced by their posterior means. ``eps_t``, ``x`` ``(B, d)``; returns ``(B, d)``.
+    """
+    _same_dtype(eps_t=eps_t, x=x)
+    a, s, da, ds = (_t(c, _batch(x, "x"))[:, None] for c in (alpha, sigma, dalpha, dsigma))
+    x0_hat = (x - s * eps_t) / a  # Tweedie's denoiser, eq-diff-tweedie
+    return da * x0_hat + ds * eps_t
+
+
+def velocity_from_score(score_t: Tensor, x: Tensor, alpha: Tensor | float, sigma: Tensor | float,
+                        dalpha: Tensor | float, dsigma: Tensor | float) -> Tensor:
+    r"""Marginal velocity of the Gaussian path from a score (:eq:`eq-bridge-velocity-score`).
+
+    .. math:: v(x, t) = \frac{\dot\alpha_t}{\alpha_t}\big(x + \sigma_t^2 s(x, t)\big)
+        - \sigma_t \dot\sigma_t\, s(x, t),
+
+    which equals the probability-flow velocity :math:`f - \tfrac12 g^2 s` of the SDE with this
+    path (:eq:`eq-bridge-pf-equals-fm`). ``score_t``, ``x`` ``(B, d)``; returns ``(B, d)``.
+    """
+    _same_dtype(score_t=score_t, x=x)
+    a, s, da, ds = (_t(c, _batch(x, "x"))[:, None] for c in (alpha, sigma, dalpha, dsigma))
+    return da / a * (x + s**2 * score_t) - s * ds * score_t
+
+
+def score_from_velocity(v: Tensor, x: Tensor, alpha: Tensor | float, sigma: Tensor | float,
+                        dalpha: Tensor | float, dsigma: Tensor | float) -> Tensor:
+    r"""Score of a velocity field on the Gaussian path, the inverse of :func:`velocity_from_score`.
+
+    .. math:: s(x, t) = \frac{v(x, t) - (\dot\alpha_t/\alpha_t)\, x}
+        {\sigma_t^2 \dot\alpha_t/\alpha_t - \sigma_t\dot\sigma_t} ,
+
+    defined where the denominator :math:`-\tfrac12 g(t)^2` is not zero (:eq:`eq-bridge-velocity-score`).
+    ``v``, ``x`` ``(B, d)``; returns ``(B, d)``.
+    """
+    _same_dtype(v=v, x=x)
+    a, s, da, ds = (_t(c, _batch(x, "x"))[:, None] for c in (alpha, sigma, dalpha, dsigma))
+    denominator = s**2 * da / a - s * ds  # (B, 1), = -g(t)^2 / 2
+    if (denominator == 0).any():
+        raise ValueError("the path has g(t)^2 = 2 (sigma sigma' - sigma^2 alpha'/alpha) = 0 at some "
+                         "t: its velocity does not determine the score there")
+    return (v - da / a * x) / denominator
+
+
+def flow_matching_field(score: Score, path: GaussianPath,
+                        t_min: float = 1e-3) -> Callable[[Tensor, Tensor], Tensor]:
+    r"""The probability-flow velocity of ``score`` in chapter 7's time (:eq:`eq-bridge-time-reversal`).
+
+    Flow-matching time :math:`\tau = (1 - t)/(1 - t_{\min})` puts the prior (the source) at
+    :math:`\tau = 0` and the data at :math:`\tau = 1`; along it
+
+    .. math:: u(x, \tau) = -(1 - t_{\min})\, v\big(x, 1 - (1 - t_{\min})\tau\big),
+
+    with :math:`v` from :func:`velocity_from_score` and :func:`path_rates`. Returns a field
+    ``u(x, tau)`` (``x`` ``(B, d)``, ``tau`` ``(B,)``) to integrate from 0 to 1 with
+    :class:`minigen.ode.Solver`, as flow matching does.
+    """
+    if not 0 <= t_min < 1:
+        raise ValueError(f"t_min must lie in [0, 1), got {t_min}")
+
+    def u(x: Tensor, tau: Tensor) -> Tensor:
+        t = 1 - (1 - t_min) * _t(tau, x)  # (B,)
+        return -(1 - t_min) * velocity_from_score(score(x, t), x, *path_rates(path, t))
+    return u
