@@ -31,7 +31,9 @@ def index() -> mn.BookIndex:
 
 
 def test_every_chapter_is_found():
-    assert len(CHAPTERS) == 12 and all(c.startswith("book/") for c in CHAPTERS), CHAPTERS
+    notebooks = sorted(f"book/{p.stem}" for p in (ROOT / "book").glob("*.md")
+                       if mn.is_chapter(p))
+    assert len(notebooks) >= 11 and sorted(CHAPTERS) == notebooks, (CHAPTERS, notebooks)
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
