@@ -37,6 +37,7 @@ __all__ = [
     "ot_permutation",
     "project_simplex",
     "unmix",
+    "unmix_projected_gradient",
     "unmix_cutting_planes",
     "unmix_lp",
     "sinkhorn_scaling",
@@ -181,8 +182,32 @@ def _loss_and_grad(H: Tensor, b: Tensor, M: Tensor, w: Tensor) -> tuple[float, T
     return float(loss.detach()), grad
 
 
-def unmix(H: Tensor, b: Tensor, M: Tensor, w0: Tensor, lr: float = 2e-3, n_iter: int = 500,
-          adaptive: bool = False, tol: float = 1e-12) -> tuple[Tensor, Tensor]:
+def unmix(H: Tensor, b: Tensor, M: Tensor, w0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    r"""Mixture weights :math:`\hat w = \arg\min_{w \in \Delta} \operatorname{OT}(Hw, b)` (:eq:`eq-ot-unmix`), exactly.
+
+    The method to use by default: Kelley's cutting planes (:func:`unmix_cutting_planes`) from
+    ``w0`` (uniform when ``None``). ``H`` ``(n, K)`` holds each source's weights in a column,
+    ``b`` ``(m,)`` the target weights, ``M`` ``(n, m)`` the cost. Returns the weights ``(K,)`` and
+    the loss at each evaluation.
+
+    Which method when: cutting planes need one exact transport solve per plane and reach the
+    optimum in a few dozen solves for a few sources, which makes them the fastest exact method
+    at the sizes of the book and of most coursework (a few sources, hundreds to a few thousand
+    points). :func:`unmix_lp` solves the whole problem as one linear program: exact and simple,
+    but its size grows with ``n * m``, so it slows down first as the point clouds grow.
+    :func:`unmix_projected_gradient` is the method chapter 8 derives: a fixed step stops short of
+    the optimum (the loss is piecewise linear), an adaptive step reaches it; use it to learn, or
+    when the loss is only a building block of a larger gradient-based fit.
+    """
+    _check_unmix(H, b, M)
+    if w0 is None:
+        w0 = torch.full((H.shape[1],), 1.0 / H.shape[1], dtype=H.dtype, device=H.device)
+    return unmix_cutting_planes(H, b, M, w0)
+
+
+def unmix_projected_gradient(H: Tensor, b: Tensor, M: Tensor, w0: Tensor, lr: float = 2e-3,
+                             n_iter: int = 500, adaptive: bool = False,
+                             tol: float = 1e-12) -> tuple[Tensor, Tensor]:
     r"""Mixture weights by projected gradient on :math:`w \mapsto \operatorname{OT}(Hw, b)` (:eq:`eq-ot-unmix`).
 
     ``H`` ``(n, K)`` holds each source's weights in a column, ``b`` ``(m,)`` the target weights,
@@ -220,7 +245,7 @@ def unmix(H: Tensor, b: Tensor, M: Tensor, w0: Tensor, lr: float = 2e-3, n_iter:
 
 def unmix_cutting_planes(H: Tensor, b: Tensor, M: Tensor, w0: Tensor, n_iter: int = 200,
                          tol: float = 1e-10) -> tuple[Tensor, Tensor]:
-    r"""Mixture weights by Kelley's cutting planes on the same loss as :func:`unmix` (:eq:`eq-ot-cutting-planes`).
+    r"""Mixture weights by Kelley's cutting planes on the same loss as :func:`unmix_projected_gradient` (:eq:`eq-ot-cutting-planes`).
 
     Each evaluation of :math:`\operatorname{OT}(Hw_k, b)` and its gradient :math:`g_k = H^\top f_k`
     gives a plane below the convex loss; the next point minimises the highest plane over the

@@ -123,7 +123,7 @@ def test_projection_rejects_a_matrix():
 
 def test_unmix_reproduces_pots_published_estimate():
     H, b, M = peer_data()
-    w, losses = ot.unmix(H, b, M, torch.tensor([0.5, 0.5], **F64), lr=2e-3, n_iter=500)
+    w, losses = ot.unmix_projected_gradient(H, b, M, torch.tensor([0.5, 0.5], **F64), lr=2e-3, n_iter=500)
     assert_close(w, torch.tensor([0.09980706, 0.90019294], **F64), rtol=0, atol=1e-8)
     assert losses.shape == (500,)
 
@@ -131,7 +131,7 @@ def test_unmix_reproduces_pots_published_estimate():
 def test_adaptive_unmix_reaches_the_exact_lp_optimum():
     H, b, M = peer_data()
     w_lp, cost = ot.unmix_lp(H, b, M)
-    w, _ = ot.unmix(H, b, M, torch.tensor([0.5, 0.5], **F64), adaptive=True)
+    w, _ = ot.unmix_projected_gradient(H, b, M, torch.tensor([0.5, 0.5], **F64), adaptive=True)
     assert_close(w, w_lp, rtol=0, atol=1e-9)
     assert float(ot.emd2(H @ w_lp, b, M)) == pytest.approx(cost, rel=1e-9)
 
@@ -222,5 +222,22 @@ def test_cutting_planes_reach_the_lp_optimum_with_three_sources(seed):
 def test_cutting_planes_agree_with_the_adaptive_gradient_on_two_sources():
     H, b, M = peer_data()
     w0 = torch.tensor([0.5, 0.5], **F64)
-    assert_close(ot.unmix_cutting_planes(H, b, M, w0)[0], ot.unmix(H, b, M, w0, adaptive=True)[0],
+    assert_close(ot.unmix_cutting_planes(H, b, M, w0)[0], ot.unmix_projected_gradient(H, b, M, w0, adaptive=True)[0],
                  rtol=0, atol=1e-9)
+
+
+def test_unmix_default_reaches_the_linear_program_optimum():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(60, 2, generator=g, dtype=torch.float64)
+    sources = [x[:20], x[20:40] + 2.0, x[40:] - 2.0]  # three sources of 20 points
+    y = torch.cat([sources[0][:6], sources[1][:10], sources[2][:4]])  # observed: 0.3, 0.5, 0.2
+    support = torch.cat(sources)
+    H = torch.zeros(60, 3, dtype=torch.float64)
+    for k in range(3):
+        H[20 * k:20 * (k + 1), k] = 1 / 20
+    M = ot.cost_matrix(support, y)
+    b = ot.uniform(len(y))
+    w, losses = ot.unmix(H, b, M)
+    w_lp, cost_lp = ot.unmix_lp(H, b, M)
+    assert float(w.sum()) == pytest.approx(1.0, abs=1e-12) and bool((w >= 0).all())
+    assert float(losses.min()) == pytest.approx(float(cost_lp), abs=1e-9)
