@@ -63,7 +63,7 @@ class LabelledMLP(nn.Module):
     features of ``t`` ``(B,)`` and a learnt embedding of the label ``y`` ``(B,)`` (``n_classes``
     means "no label"). Returns ``(B, dim)``."""
 
-    def __init__(self, dim: int = 64, n_classes: int = 10, hidden: int = 256, depth: int = 3,
+    def __init__(self, dim: int = 64, n_classes: int = 10, hidden: int = 512, depth: int = 3,
                  n_freq: int = 8, max_freq: float = 8.0, embed_dim: int = 32):
         super().__init__()
         self.time = FourierFeatures(n_freq, max_freq)
@@ -203,7 +203,7 @@ class LabelledFlowMatching(LabelledModel):
                  recipe: dict | None = None):
         super().__init__(image_dim, n_classes, net if net is not None else LabelledMLP(image_dim, n_classes),
                          p_uncond, solver, guidance,
-                         dict(n_steps=3_000, batch_size=256, lr=2e-3, schedule="cosine", **(recipe or {})))
+                         dict(n_steps=2_000, batch_size=256, lr=2e-3, schedule="cosine", **(recipe or {})))
         self.interpolant = interpolant
 
     def velocity(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
