@@ -114,11 +114,12 @@ def test_drop_labels_and_guidance():
     assert_close(images.guided(field, lab, w, 10)(x, t), expected)
 
 
-@pytest.mark.parametrize("net", [images.LabelledMLP(hidden=32), images.LabelledConvNet(channels=8)])
+@pytest.mark.parametrize("make_net", [lambda: images.LabelledMLP(hidden=32),
+                                      lambda: images.LabelledConvNet(channels=8)], ids=["mlp", "conv"])
 @pytest.mark.parametrize("family", [images.LabelledFlowMatching, images.LabelledDiffusion])
-def test_models_train_and_sample_rows(net, family, digits):
+def test_models_train_and_sample_rows(make_net, family, digits):
     torch.manual_seed(0)
-    model = family(net=net, solver=ode.Solver(n_steps=2, ll_steps=2))
+    model = family(net=make_net(), solver=ode.Solver(n_steps=2, ll_steps=2))
     rows = digits.rows()[:64]
     model.prepare(rows)
     loss = model.loss(rows)
