@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -49,6 +50,8 @@ __all__ = [
     "torchcfm_8gaussians",
     "torchcfm_moons",
     "targets",
+    "Digits",
+    "digits",
 ]
 
 
@@ -585,3 +588,37 @@ def targets(dim: int | None = None,
     if dim not in (1, 2):
         raise ValueError(f"dim must be 1, 2 or None; the targets have dimension 1 or 2, got {dim}")
     return {name: t for name, t in family.items() if t.dim == dim}
+
+
+class Digits(NamedTuple):
+    """The 8x8 digits split once: pixel rows ``(N, 64)`` in [-1, 1] and labels ``(N,)`` (int64)."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_held: Tensor
+    y_held: Tensor
+
+    def rows(self) -> Tensor:
+        """Training rows ``(N, 65)``: the 64 pixels then the label as a float column, the layout
+        that :func:`minigen.train.fit` samples minibatches from for a labelled model."""
+        return torch.cat([self.x_train, self.y_train[:, None].to(self.x_train)], dim=1)
+
+
+def digits(n_held: int = 360, seed: int = 0, dtype: torch.dtype = torch.float32) -> Digits:
+    r"""The 1,797 handwritten digits of scikit-learn (8x8 pixels, ten classes; chapter 12).
+
+    Pixels :math:`v \in \{0, \dots, 16\}` are scaled to :math:`x = v / 8 - 1 \in [-1, 1]`, rows
+    read the image line by line. A permutation drawn with ``seed`` puts ``n_held`` images aside
+    (held out, never trained on) and keeps the rest for training: the same split on every call.
+    The data ship with scikit-learn (no download).
+    """
+    from sklearn.datasets import load_digits  # imported on demand: minigen needs it only here
+
+    if not 0 < n_held < 1_797:
+        raise ValueError(f"n_held must lie in 1 .. 1796 (there are 1,797 images), got {n_held}")
+    bunch = load_digits()
+    x = torch.as_tensor(bunch.data, dtype=torch.float64) / 8 - 1  # (1797, 64)
+    y = torch.as_tensor(bunch.target, dtype=torch.int64)  # (1797,)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    held, train = perm[:n_held], perm[n_held:]
+    return Digits(x[train].to(dtype), y[train], x[held].to(dtype), y[held])

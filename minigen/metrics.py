@@ -12,7 +12,7 @@ estimates both expectations and returns the ratio with its standard error (a :cl
 from __future__ import annotations
 
 import math
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -30,6 +30,12 @@ __all__ = [
     "mmd2",
     "c2st",
     "noise_floor_ratio",
+    "frechet_distance_gaussian",
+    "frechet_distance",
+    "conditional_accuracy",
+    "nearest_distances",
+    "Memorisation",
+    "memorisation",
 ]
 
 
@@ -414,3 +420,99 @@ def _ratio_and_se(num: np.ndarray, den: np.ndarray) -> tuple[float, float]:
     """``mean(num) / mean(den)`` and its delta-method standard error over paired repeats."""
     rho = num.mean() / den.mean()
     return float(rho), float((num - rho * den).std(ddof=1) / (math.sqrt(len(num)) * den.mean()))
+
+
+# Images (chapter 12): Fréchet distance in a feature space, conditional accuracy, memorisation.
+
+def _sqrtm_psd(a: Tensor) -> Tensor:
+    """Symmetric square root of a symmetric positive semi-definite matrix ``(d, d)``."""
+    lam, u = torch.linalg.eigh(a)
+    return (u * lam.clamp(min=0).sqrt()) @ u.T
+
+
+def frechet_distance_gaussian(mu1: Tensor, cov1: Tensor, mu2: Tensor, cov2: Tensor) -> float:
+    r"""Squared 2-Wasserstein distance between :math:`\N(\mu_1, \Sigma_1)` and :math:`\N(\mu_2, \Sigma_2)` (:eq:`eq-img-frechet`).
+
+    .. math:: \lVert \mu_1 - \mu_2 \rVert^2 + \operatorname{Tr}\big(\Sigma_1 + \Sigma_2
+        - 2 (\Sigma_1^{1/2} \Sigma_2 \Sigma_1^{1/2})^{1/2}\big),
+
+    computed in float64 with symmetric square roots (eigendecompositions), so it stays real and
+    symmetric in its arguments up to rounding. ``mu`` ``(d,)``, ``cov`` ``(d, d)``.
+    """
+    if mu1.shape != mu2.shape or cov1.shape != cov2.shape or cov1.shape != (len(mu1), len(mu1)):
+        raise ValueError(f"need mu (d,) and cov (d, d) of one d, got {tuple(mu1.shape)}, "
+                         f"{tuple(cov1.shape)}, {tuple(mu2.shape)}, {tuple(cov2.shape)}")
+    mu1, cov1, mu2, cov2 = (t.detach().double().cpu() for t in (mu1, cov1, mu2, cov2))
+    s1 = _sqrtm_psd(cov1)
+    cross = torch.linalg.eigvalsh(s1 @ cov2 @ s1).clamp(min=0).sqrt().sum()
+    return float(((mu1 - mu2) ** 2).sum() + torch.trace(cov1) + torch.trace(cov2) - 2 * cross)
+
+
+def frechet_distance(f1: Tensor, f2: Tensor) -> float:
+    r"""Fréchet distance between two sets of features ``(n1, d)`` and ``(n2, d)`` (:eq:`eq-img-frechet`).
+
+    :func:`frechet_distance_gaussian` of their sample means and covariances (FID's statistic when
+    the features are a classifier's). It is biased upwards at finite ``n``: compare values only at
+    equal sample sizes, or divide by the distance between two real samples of those sizes.
+    """
+    for name, f in (("f1", f1), ("f2", f2)):
+        if f.dim() != 2 or f.shape[0] < 2:
+            raise ValueError(f"{name} must be (n, d) with n >= 2, got {tuple(f.shape)}")
+    if f1.shape[1] != f2.shape[1]:
+        raise ValueError(f"f1 is {tuple(f1.shape)} but f2 is {tuple(f2.shape)}: same feature dimension needed")
+    f1, f2 = _check_finite(f1.double(), "f1"), _check_finite(f2.double(), "f2")
+    return frechet_distance_gaussian(f1.mean(0), torch.cov(f1.T).reshape(f1.shape[1], -1),
+                                     f2.mean(0), torch.cov(f2.T).reshape(f2.shape[1], -1))
+
+
+def conditional_accuracy(predict: Callable[[Tensor], Tensor], x: Tensor, y: Tensor) -> Tensor:
+    r"""Fraction of the samples of each class classified as that class, ``(K,)`` (:eq:`eq-img-accuracy`).
+
+    ``x`` ``(n, d)`` generated for labels ``y`` ``(n,)`` in ``0 .. K-1``; ``predict`` maps images to
+    labels ``(n,)``. Entry ``c`` is :math:`\frac{1}{n_c}\sum_{i: y_i = c} 1[\hat y(x_i) = c]`
+    (NaN for a class with no sample); its mean over classes is the balanced accuracy.
+    """
+    if x.dim() != 2 or y.shape != (x.shape[0],):
+        raise ValueError(f"x must be (n, d) and y (n,), got {tuple(x.shape)} and {tuple(y.shape)}")
+    y = y.long().cpu()
+    hit = (predict(x).cpu() == y).double()
+    k = int(y.max()) + 1
+    return torch.zeros(k, dtype=torch.float64).index_add_(0, y, hit) / torch.bincount(y, minlength=k)
+
+
+def nearest_distances(x: Tensor, reference: Tensor, chunk: int = 1_024) -> Tensor:
+    r"""Euclidean distance from each row of ``x`` ``(n, d)`` to its nearest row of ``reference`` ``(m, d)``; ``(n,)``."""
+    if x.dim() != 2 or reference.dim() != 2 or x.shape[1] != reference.shape[1]:
+        raise ValueError(f"x (n, d) and reference (m, d) must share d, got {tuple(x.shape)} and "
+                         f"{tuple(reference.shape)}")
+    reference = reference.to(x)
+    return torch.cat([torch.cdist(xc, reference).min(1).values for xc in x.split(chunk)])
+
+
+class Memorisation(NamedTuple):
+    """What :func:`memorisation` returns: the statistic, its standard error, and the distances."""
+
+    p_closer: float
+    se: float
+    d_generated: Tensor
+    d_held: Tensor
+
+
+def memorisation(generated: Tensor, train: Tensor, held: Tensor) -> Memorisation:
+    r"""Are generated images closer to the training set than unseen real images are? (:eq:`eq-img-memo`).
+
+    With :math:`d(x) = \min_j \lVert x - x^{\text{train}}_j \rVert` for each generated image
+    ``generated`` ``(n, d)`` and each held-out image ``held`` ``(m, d)``, returns
+
+    .. math:: \hat p = P\big(d(\hat x) < d(x^{\text{held}})\big)
+
+    over all pairs (ties count one half: the Mann-Whitney statistic), and its standard error
+    :math:`\sqrt{(n + m + 1) / (12 n m)}` when both distances have one law. :math:`\hat p \approx
+    1/2`: generated images sit as far from the training set as new real images do; a model that
+    copies its training images has :math:`d(\hat x) = 0` and :math:`\hat p \to 1`.
+    """
+    d_gen, d_held = nearest_distances(generated, train), nearest_distances(held, train)
+    diff = d_gen[:, None] - d_held[None, :]  # (n, m)
+    p = float((diff < 0).double().mean() + 0.5 * (diff == 0).double().mean())
+    n, m = len(d_gen), len(d_held)
+    return Memorisation(p, math.sqrt((n + m + 1) / (12 * n * m)), d_gen, d_held)
