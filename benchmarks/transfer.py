@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's minigen, not an installed one
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["MINIGEN_PROGRESS"] = "0"
 
