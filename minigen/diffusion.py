@@ -453,8 +453,9 @@ class Diffusion(Model):
     ``log_prob`` always uses the ODE (:eq:`eq-diff-ode-likelihood`), with ``sampler`` if it is a
     solver, else a default one. The defaults are chapter 6's: a VE SDE from 0.01 to 50, a
     :class:`ScoreNet` with 3 hidden layers of 64 units and 4 Fourier frequencies up to 4,
-    20 RK4 steps. ``sigma_data=None`` takes the data's standard deviation from the first
-    training batch (:meth:`prepare`).
+    20 RK4 steps; 4,000 training steps in 1D (the four-mode 1D target reached a noise-floor
+    ratio of 1.15 with them), 2,000 otherwise. ``sigma_data=None`` takes the data's standard
+    deviation from the first training batch (:meth:`prepare`).
     """
 
     def __init__(self, dim: int, sde: SDE | None = None, score: ScoreNet | None = None,
@@ -468,8 +469,8 @@ class Diffusion(Model):
             max_freq=4.0)
         self._scale_known = sigma_data is not None or score is not None
         self.sampler, self.stable_target, self.t_min = sampler, stable_target, t_min
-        self.recipe = dict(n_steps=2_000, batch_size=1_024, lr=5e-3, schedule="cosine",
-                           **(recipe or {}))
+        self.recipe = dict(n_steps=4_000 if dim == 1 else 2_000, batch_size=1_024, lr=5e-3,
+                           schedule="cosine", **(recipe or {}))
 
     def prepare(self, batch: Tensor) -> None:
         """Set ``sigma_data`` to the standard deviation of the first batch, unless it was given."""

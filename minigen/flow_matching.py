@@ -190,6 +190,10 @@ def normalised_path_energy(path: Tensor) -> float:
     return (float(path_energy(path)) - w2sq) / w2sq
 
 
+FM_RECIPE_1D = dict(n_steps=3_000, batch_size=2_048, lr=1e-2, schedule="one-cycle")
+FM_RECIPE_2D = dict(n_steps=6_000, batch_size=512, lr=3e-3, schedule="cosine")
+
+
 class FlowMatching(Model):
     r"""A velocity field :math:`v_\theta(x, t)` trained by conditional flow matching, a
     :class:`minigen.train.Model`: field + source + interpolant + coupling + solver.
@@ -199,14 +203,18 @@ class FlowMatching(Model):
     :math:`t = 0` to the data at :math:`t = 1` with ``solver`` (:class:`minigen.ode.Solver`);
     ``log_prob`` integrates back with the divergence (:eq:`eq-fm-log-density`). The defaults are
     chapter 7's: a :class:`minigen.nn.ConditionalMLP` with 3 hidden layers of 64 units and 4
-    Fourier frequencies up to 4, a standard normal source, the linear interpolant, the independent
-    coupling, 8 RK4 steps. ``source`` is any law with ``sample(n, generator, dtype)`` and
-    ``log_prob`` (a target of :mod:`minigen.data`, say).
+    Fourier frequencies up to 4, a standard normal source, the linear interpolant, 8 RK4 steps.
+    ``coupling=None`` picks chapter 7's choice per dimension: in 1D the sorted (exact minibatch OT)
+    coupling with batches of 2,048 and a one-cycle schedule at :math:`10^{-2}`, whose nearly
+    straight paths the 8 steps follow closely; in 2D the independent coupling with 6,000 steps on
+    batches of 512 (about 9 CPU seconds; 2,000 steps on 256 left eight Gaussians at a C2ST of
+    0.72, the longer run at 0.49). ``source`` is any
+    law with ``sample(n, generator, dtype)`` and ``log_prob`` (a target of :mod:`minigen.data`, say).
     """
 
     def __init__(self, dim: int, field: nn.Module | None = None, source=None,
                  interpolant: LinearInterpolant = LinearInterpolant(),
-                 coupling: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] = independent_coupling,
+                 coupling: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
                  sigma: float = 0.0, solver: ode.Solver = ode.Solver(n_steps=8),
                  hidden: int = 64, depth: int = 3, recipe: dict | None = None):
         super().__init__()
@@ -214,8 +222,10 @@ class FlowMatching(Model):
         self.field = field if field is not None else ConditionalMLP(
             dim, hidden=hidden, depth=depth, n_freq=4, max_freq=4.0)
         self.source = source if source is not None else StandardNormal(dim)
+        if coupling is None:
+            coupling = ot_coupling if dim == 1 else independent_coupling
         self.interpolant, self.coupling, self.sigma, self.solver = interpolant, coupling, sigma, solver
-        self.recipe = dict(n_steps=2_000, batch_size=256, lr=3e-3, schedule="cosine", **(recipe or {}))
+        self.recipe = {**(FM_RECIPE_1D if dim == 1 else FM_RECIPE_2D), **(recipe or {})}
 
     def _source(self, n: int, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return self.source.sample(n, generator, dtype=like.dtype).to(like.device)

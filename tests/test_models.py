@@ -168,3 +168,17 @@ def test_diffusion_ode_log_prob_is_the_flow_matching_solver_on_the_probability_f
     x = data.mixture_2d().sample(6, dtype=torch.float64)
     direct = diffusion.ode_log_prob(model.score, model.sde, x, n_steps=3, t_min=model.t_min)
     assert_close(model.log_prob(x), direct)
+
+
+def test_flow_matching_defaults_follow_the_dimension():
+    """1D: the sorted (OT) coupling and its recipe; 2D: the independent coupling; overrides win."""
+    one, two = fm.FlowMatching(1, hidden=8, depth=1), fm.FlowMatching(2, hidden=8, depth=1)
+    assert one.coupling is fm.ot_coupling and one.recipe == fm.FM_RECIPE_1D
+    assert two.coupling is fm.independent_coupling and two.recipe == fm.FM_RECIPE_2D
+    # the 1D default pairs the i-th smallest source point with the i-th smallest data point
+    x0, x1 = torch.randn(64, 1, dtype=torch.float64), torch.randn(64, 1, dtype=torch.float64)
+    a, b = one.coupling(x0, x1)
+    assert_close(b[a[:, 0].argsort()], x1.sort(0).values)
+    own = fm.FlowMatching(1, coupling=fm.independent_coupling, recipe=dict(n_steps=7))
+    assert own.coupling is fm.independent_coupling and own.recipe["n_steps"] == 7
+    assert own.recipe["batch_size"] == fm.FM_RECIPE_1D["batch_size"]
