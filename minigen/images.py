@@ -71,6 +71,7 @@ class LabelledMLP(nn.Module):
         self.net = mlp(dim + 2 * n_freq + embed_dim, dim, hidden, depth)
 
     def forward(self, x: Tensor, t: Tensor | float, y: Tensor) -> Tensor:
+        r"""The field :math:`v(x, t \mid y)`: ``x`` ``(B, dim)``, ``t`` ``(B,)`` or a scalar, labels ``y`` ``(B,)``; ``(B, dim)``."""
         t, y = _condition(t, y, x)
         return self.net(torch.cat([x, self.time(t).to(x), self.label(y)], dim=1))  # (B, dim)
 
@@ -96,6 +97,7 @@ class LabelledConvNet(nn.Module):
                                     for _ in range(depth))
 
     def forward(self, x: Tensor, t: Tensor | float, y: Tensor) -> Tensor:
+        r"""The field :math:`v(x, t \mid y)` of 8x8 images: ``x`` ``(B, 64)``, ``t`` ``(B,)`` or a scalar, ``y`` ``(B,)``; ``(B, 64)``."""
         t, y = _condition(t, y, x)
         film = self.cond(torch.cat([self.time(t).to(x), self.label(y)], dim=1))  # (B, 2 C depth)
         h = self.inp(x.reshape(-1, 1, self.side, self.side))  # (B, C, side, side)
@@ -131,7 +133,7 @@ def guided(field: Callable[[Tensor, Tensor, Tensor], Tensor], y: Tensor, w: floa
 class LabelledModel(Model):
     r"""A labelled continuous-time model of rows ``(B, image_dim + 1)`` (pixels, then the label).
 
-    Subclasses define :meth:`velocity` :math:`v_\theta(x, t \mid y)`, the base law (``_base``,
+    Subclasses define ``velocity`` :math:`v_\theta(x, t \mid y)`, the base law (``_base``,
     ``_base_log_prob``) at time ``t_base`` and the data time ``t_data``. This class splits rows,
     samples with guidance (:func:`guided`) through ``solver``, and gives the joint density
     :math:`\log q(x, y) = \log q(x \mid y) - \log K` of its own sampler (labels uniform on the
@@ -300,6 +302,7 @@ class DigitClassifier(nn.Module):
         return self.body(x)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Class logits ``(B, 10)`` of images ``x`` ``(B, 64)``."""
         return self.head(self.body(x))
 
     def predict(self, x: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 """One training loop for every model of the book, and the interface every model shares.
 
 Every generative model is a :class:`Model`: ``loss(batch)``, ``sample(n, generator)`` and, where it
-has one, ``log_prob(x)``. :func:`fit` trains any of them: it builds one Adam optimizer per *player*
+has one, ``log_prob(x)``. :func:`minigen.train.fit` trains any of them: it builds one Adam optimizer per *player*
 (one for most models; a critic and a generator for a GAN), a learning-rate schedule, clips
 gradients, shows a progress bar, records the loss history and the wall and CPU seconds, and raises
 :class:`NonFiniteLossError` naming the step (and the player) at which a loss stopped being finite.
@@ -46,8 +46,8 @@ class Model(nn.Module):
       (flows exactly; diffusion and flow matching through the probability-flow ODE); the others
       raise ``NotImplementedError`` saying so.
 
-    :func:`fit` trains it. A model with several players (a GAN) overrides :meth:`players` and
-    :meth:`training_losses`; ``recipe`` holds the default settings of :func:`fit` for the model.
+    :func:`minigen.train.fit` trains it. A model with several players (a GAN) overrides :meth:`players` and
+    :meth:`training_losses`; ``recipe`` holds the default settings of :func:`minigen.train.fit` for the model.
     """
 
     dim: int
@@ -65,7 +65,7 @@ class Model(nn.Module):
             "samples (minigen.metrics) instead of log_prob.")
 
     def prepare(self, batch: Tensor) -> None:
-        """Called by :func:`fit` with the first training batch before any step (data scales, say);
+        """Called by :func:`minigen.train.fit` with the first training batch before any step (data scales, say);
         step 0 then trains on that same batch."""
 
     def players(self) -> dict[str, list[nn.Parameter]]:
@@ -102,7 +102,7 @@ DEFAULT_RECIPE: dict[str, Any] = dict(n_steps=2_000, batch_size=256, lr=1e-3, sc
 
 @dataclass
 class FitResult:
-    """What :func:`fit` returns: the loss history ``(n_steps, n_losses)``, the seconds, the settings."""
+    """What :func:`minigen.train.fit` returns: the loss history ``(n_steps, n_losses)``, the seconds, the settings."""
 
     losses: Tensor
     wall: float
@@ -257,7 +257,7 @@ def train(model: nn.Module, loss_fn: Callable[[nn.Module, Tensor], Tensor],
           progress: bool | None = None) -> Tensor:
     """Minimise ``loss_fn(model, batch)`` for ``n_steps`` with a given optimizer; the losses ``(n_steps,)``.
 
-    The loop of :func:`fit` for a network and a loss function that a chapter is still deriving.
+    The loop of :func:`minigen.train.fit` for a network and a loss function that a chapter is still deriving.
 
     Args:
         batches: a function ``step -> batch`` (fresh samples each step) or one fixed tensor.
