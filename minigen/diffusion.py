@@ -55,6 +55,7 @@ __all__ = [
     "ode_sample",
     "ode_log_prob",
     "GaussianPath",
+    "StraightPath",
     "path_rates",
     "noise_from_score",
     "score_from_noise",
@@ -518,6 +519,17 @@ class GaussianPath(Protocol):
 
     def alpha(self, t: Tensor) -> Tensor: ...
     def sigma(self, t: Tensor) -> Tensor: ...
+
+
+class StraightPath:
+    r"""Chapter 7's straight line from :math:`\N(0, I)` on chapter 6's clock (data at :math:`t = 0`):
+    :math:`\alpha_t = 1 - t`, :math:`\sigma_t = t` (:eq:`eq-bridge-path`). ``t`` ``(B,)``."""
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return 1 - t
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return t
 
 
 def path_rates(path: GaussianPath, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -188,3 +188,12 @@ def test_input_errors():
         d.velocity_from_score(x.float(), x, 1.0, 0.5, 0.0, 1.0)
     with pytest.raises(ValueError, match=r"\(B, d\)"):
         d.noise_from_score(torch.randn(4), 0.5)
+
+
+def test_straight_path_rates_are_those_of_the_line():
+    t = torch.linspace(0.0, 1.0, 11, dtype=torch.float64)
+    a, s, da, ds = d.path_rates(d.StraightPath(), t)
+    torch.testing.assert_close(a, 1 - t)
+    torch.testing.assert_close(s, t)
+    torch.testing.assert_close(da, -torch.ones_like(t))
+    torch.testing.assert_close(ds, torch.ones_like(t))
