@@ -162,3 +162,6 @@ def _seed_everything() -> None:
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+    runtime = sys.modules.get("minigen.runtime")
+    if runtime is not None:  # a test's setup(seed=...) does not leak into the next
+        runtime._book_seed = None

@@ -5,14 +5,15 @@ equation that derives it. Importing ``minigen`` is fast and imports neither matp
 ``minigen.plot`` and ``minigen.ot`` are imported on demand (``from minigen import plot, ot``).
 
 >>> import minigen
->>> device = minigen.setup(seed=0)            # seeds, one CPU thread, CUDA when present
+>>> device = minigen.setup()                  # seed ($MINIGEN_SEED, default 0), one CPU thread, CUDA when present
+>>> g = minigen.rng(1)                         # this run's random stream 1, a torch.Generator
 >>> target = minigen.data.mixture_1d()        # 0.5 N(-1, 0.5^2) + 0.5 N(1, 0.5^2)
 """
 from . import (approx, compare, data, diffusion, flow_matching, flows, gan, images, metrics, mmd, nn, ode,
                optim, runtime, sbi, simulators, sourcerer, train)
-from .runtime import get_device, seed_all, setup
+from .runtime import get_device, rng, seed, seed_all, setup
 
 __all__ = ["approx", "compare", "data", "diffusion", "flow_matching", "flows", "gan", "images", "metrics",
            "mmd", "nn", "ode", "optim", "runtime", "sbi", "simulators", "sourcerer", "train",
-           "get_device", "seed_all", "setup"]
+           "get_device", "rng", "seed", "seed_all", "setup"]
 __version__ = "0.2.0"

@@ -10,7 +10,51 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["seed_all", "get_device", "setup", "keep_freed_memory", "progress_enabled", "report"]
+__all__ = ["SEED_VARIABLE", "book_seed", "seed", "rng", "seed_all", "get_device", "setup", "keep_freed_memory", "progress_enabled", "report"]
+
+
+SEED_VARIABLE = "MINIGEN_SEED"
+_STREAM_SPACING = 1_000
+_book_seed: int | None = None
+
+
+def book_seed() -> int:
+    """The run's seed: the last one given to :func:`setup`, else ``$MINIGEN_SEED``, else 0.
+
+    Every chapter calls ``minigen.setup()`` without a seed, so ``MINIGEN_SEED=3 jupyter-book build``
+    (or ``benchmarks/seeds.py``) runs the whole book with another seed.
+    """
+    if _book_seed is not None:
+        return _book_seed
+    return _seed_from_environment()
+
+
+def _seed_from_environment() -> int:
+    text = os.environ.get(SEED_VARIABLE, "0").strip() or "0"
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{SEED_VARIABLE}={text!r} is not an integer seed") from None
+    if not 0 <= value < 2**32 // _STREAM_SPACING:
+        raise ValueError(f"{SEED_VARIABLE}={value} is outside 0..{2**32 // _STREAM_SPACING - 1}")
+    return value
+
+
+def seed(stream: int = 0) -> int:
+    """The integer seed of random stream ``stream`` in this run: ``1000 * book_seed() + stream``.
+
+    A chapter numbers its independent random streams 0, 1, 2, ... (training batches, the test
+    sample, the metric's draws); with book seed 0 stream ``k`` is seeded with ``k``, and another
+    book seed moves every stream at once. ``stream`` must lie in 0..999 so that runs never share one.
+    """
+    if not 0 <= stream < _STREAM_SPACING:
+        raise ValueError(f"stream must be in 0..{_STREAM_SPACING - 1}, got {stream}")
+    return _STREAM_SPACING * book_seed() + stream
+
+
+def rng(stream: int = 0, device: torch.device | str | None = None) -> torch.Generator:
+    """A fresh ``torch.Generator`` seeded with :func:`seed` ``(stream)`` (on ``device``, default CPU)."""
+    return torch.Generator(device=device or "cpu").manual_seed(seed(stream))
 
 
 def seed_all(seed: int) -> torch.Generator:
@@ -26,8 +70,11 @@ def get_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def setup(seed: int = 0, threads: int | None = 1, keep_memory: bool | None = None) -> torch.device:
+def setup(seed: int | None = None, threads: int | None = 1, keep_memory: bool | None = None) -> torch.device:
     """Seed everything, limit intra-op CPU threads, and return the device to use.
+
+    ``seed=None`` takes the book seed from the environment variable ``MINIGEN_SEED`` (default 0);
+    the seed becomes :func:`book_seed`, which :func:`seed` and :func:`rng` derive their streams from.
 
     One intra-op thread is the default because the book's models are small: with several threads
     on a busy machine OpenMP spin-waiting can slow a small MLP by an order of magnitude (the
@@ -43,6 +90,12 @@ def setup(seed: int = 0, threads: int | None = 1, keep_memory: bool | None = Non
         keep_memory = os.environ.get("MINIGEN_KEEP_FREED_MEMORY", "0") == "1"
     if keep_memory:
         keep_freed_memory()
+    global _book_seed
+    if seed is None:
+        seed = _seed_from_environment()
+    elif not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    _book_seed = seed
     seed_all(seed)
     return get_device()
 

@@ -55,3 +55,33 @@ def test_setup_changes_no_allocator_setting_unless_asked(monkeypatch):
     monkeypatch.setenv("MINIGEN_KEEP_FREED_MEMORY", "1")
     minigen.setup(seed=0)
     assert len(calls) == 2
+
+
+def test_book_seed_comes_from_the_environment_and_moves_every_stream(monkeypatch):
+    monkeypatch.setattr(minigen.runtime, "_book_seed", None)
+    monkeypatch.delenv("MINIGEN_SEED", raising=False)
+    assert minigen.runtime.book_seed() == 0
+    assert minigen.seed(3) == 3                     # seed 0: stream k is seeded with k, as before
+    monkeypatch.setenv("MINIGEN_SEED", "2")
+    minigen.setup()
+    assert minigen.runtime.book_seed() == 2
+    assert minigen.seed(3) == 2003
+    a, b = minigen.rng(3), torch.Generator().manual_seed(2003)
+    assert torch.equal(torch.randn(4, generator=a), torch.randn(4, generator=b))
+    assert not torch.equal(torch.randn(4, generator=minigen.rng(3)), torch.randn(4, generator=minigen.rng(4)))
+    minigen.setup(seed=1)                           # an explicit seed wins over the environment
+    assert minigen.seed(0) == 1000
+
+
+def test_bad_seeds_and_streams_are_named(monkeypatch):
+    import pytest
+
+    monkeypatch.setattr(minigen.runtime, "_book_seed", None)
+    monkeypatch.setenv("MINIGEN_SEED", "three")
+    with pytest.raises(ValueError, match="MINIGEN_SEED='three' is not an integer"):
+        minigen.setup()
+    monkeypatch.setenv("MINIGEN_SEED", "0")
+    with pytest.raises(ValueError, match="stream must be in 0..999, got 1000"):
+        minigen.seed(1000)
+    with pytest.raises(ValueError, match="non-negative int"):
+        minigen.setup(seed=-1)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.metadata
+import os
 import platform
 import shutil
 from collections.abc import Iterator, Sequence
@@ -33,7 +34,7 @@ KEY_LENGTH = 16
 
 
 def code_key(root: Path, packages: Sequence[str] = KEY_PACKAGES) -> str:
-    """Hash of every ``minigen/**/*.py`` (path and bytes), Python's and ``packages``' versions.
+    """Hash of every ``minigen/**/*.py`` (path and bytes), Python's and ``packages``' versions, the book seed.
 
     Returns ``KEY_LENGTH`` hex digits. The same files give the same key on any machine.
     """
@@ -46,6 +47,8 @@ def code_key(root: Path, packages: Sequence[str] = KEY_PACKAGES) -> str:
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     digest.update(f"python {platform.python_version()}\0".encode())
+    # the book seed (MINIGEN_SEED) changes every figure: a run with another seed has its own cache
+    digest.update(f"seed {os.environ.get('MINIGEN_SEED', '0').strip() or '0'}\0".encode())
     for name in packages:
         try:
             version = importlib.metadata.version(name)
