@@ -44,9 +44,9 @@ def run_one(stem: str, seed: int) -> dict:
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@")]
     if not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        return {"chapter": stem, "seed": seed, "seconds": float("nan"),
-                "status": f"failed to run: {tail[0][:200]}", "figures": {}}
+        tail = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()][-3:]
+        return {"chapter": stem, "seed": seed, "seconds": float("nan"), "figures": {},
+                "status": f"failed to run (exit {proc.returncode}): {' / '.join(tail)[:300] or 'no output'}"}
     record = json.loads(lines[-1][2:])
     record["seed"] = seed
     return record
