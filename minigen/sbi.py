@@ -202,12 +202,15 @@ def sally_loss(net: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     return ((batch["t_joint"] - net(batch["x"])[:, 0]) ** 2).mean()
 
 
-def calibrated_log_ratio(stat: Tensor, stat0: Tensor, stat1: Tensor, n_bins: int = 40) -> Tensor:
+def calibrated_log_ratio(stat: Tensor, stat0: Tensor, stat1: Tensor, n_bins: int = 40,
+                         bins_from_stat1: bool = False) -> Tensor:
     r"""Histogram calibration: :math:`\log \hat p(\hat c|\theta_0) - \log \hat p(\hat c|\theta_1)` at ``stat`` (:eq:`eq-sbi-calib`).
 
     ``stat0`` ``(n0,)`` and ``stat1`` ``(n1,)`` are a statistic's values on fresh samples from
-    :math:`\theta_0` and :math:`\theta_1`; bins are equal-mass for the pooled sample, with one
-    pseudo-count per bin. Returns ``(m,)`` for ``stat`` ``(m,)``.
+    :math:`\theta_0` and :math:`\theta_1`; bins are equal-mass for the pooled sample (or, with
+    ``bins_from_stat1``, for ``stat1`` alone, so that a fixed :math:`\theta_1` sample fills every
+    bin equally whatever the statistic), with one pseudo-count per bin. Returns ``(m,)`` for
+    ``stat`` ``(m,)``.
     """
     if stat0.dim() != 1 or stat1.dim() != 1 or stat.dim() != 1:
         raise ValueError(f"stat, stat0 and stat1 must be 1D, got shapes {tuple(stat.shape)}, "
@@ -215,7 +218,7 @@ def calibrated_log_ratio(stat: Tensor, stat0: Tensor, stat1: Tensor, n_bins: int
     if stat0.numel() == 0 or stat1.numel() == 0:
         raise ValueError(f"stat0 and stat1 must be non-empty, got {stat0.numel()} and {stat1.numel()} values")
     _count(n_bins, "n_bins")
-    pooled = torch.cat([stat0, stat1]).double()
+    pooled = stat1.double() if bins_from_stat1 else torch.cat([stat0, stat1]).double()
     edges = torch.quantile(pooled, torch.linspace(0, 1, n_bins + 1, dtype=torch.float64,
                                                   device=pooled.device))
     inner = edges[1:-1].contiguous()
@@ -326,10 +329,19 @@ def neyman_interval(theta: Tensor, q: Tensor, cut: Tensor) -> tuple[Tensor, Tens
     _check_curves(theta, q, "q")
     if cut.shape != theta.shape:
         raise ValueError(f"cut must have the grid's shape {tuple(theta.shape)}, got {tuple(cut.shape)}")
-    t, d = theta.double(), (q.double() - cut.double()).reshape(-1, len(theta))
-    ends = torch.tensor([_region(t, row)[1:] for row in d], dtype=torch.float64)  # (T, 2)
+    t, d = theta.double(), (q.double() - cut.double()).reshape(-1, len(theta))  # (T, m)
+    m, inside = len(t), d <= 0
+    k = d.argmin(1, keepdim=True)  # (T, 1) stands in for an empty set
+    lo = torch.where(inside.any(1, keepdim=True), inside.double().argmax(1, keepdim=True), k)
+    hi = torch.where(inside.any(1, keepdim=True), m - 1 - inside.flip(1).double().argmax(1, keepdim=True), k)
+
+    def end(i: Tensor, j: Tensor) -> Tensor:  # where d crosses 0 between i (inside) and j, else t[i]
+        di, dj = d.gather(1, i), d.gather(1, j.clamp(0, m - 1))
+        x = t[i] - di / (dj - di) * (t[j.clamp(0, m - 1)] - t[i])
+        return torch.where((j < 0) | (j >= m), t[i], x)[:, 0]
+
     shape = q.shape[:-1]
-    return ends[:, 0].reshape(shape), ends[:, 1].reshape(shape)
+    return end(lo, lo - 1).reshape(shape), end(hi, hi + 1).reshape(shape)
 
 
 def interval_coverage(low: Tensor, high: Tensor, theta_true: Tensor | float) -> tuple[float, float]:

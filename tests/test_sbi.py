@@ -306,3 +306,26 @@ def test_scandal_is_nll_plus_alpha_times_the_squared_score_error():
     assert_close(sbi.scandal_loss(q, batch, alpha=0.0), sbi.nle_loss(q, batch))
     sbi.scandal_loss(q, batch).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in q.parameters())
+
+
+def test_batched_neyman_interval_matches_the_grid_region_row_by_row():
+    theta = torch.linspace(0, 1, 21, dtype=torch.float64)
+    q = torch.rand(200, 21, dtype=torch.float64, generator=gen(3)) * 4  # ragged, often disconnected sets
+    cut = torch.linspace(0.5, 2.5, 21, dtype=torch.float64)
+    low, high = sbi.neyman_interval(theta, q, cut)
+    for k in range(200):
+        _, lo_k, hi_k = sbi._region(theta, q[k] - cut)
+        assert math.isclose(lo_k, float(low[k])) and math.isclose(hi_k, float(high[k]))
+        inside = theta[q[k] <= cut]
+        if len(inside):
+            assert float(low[k]) <= float(inside[0]) and float(inside[-1]) <= float(high[k])
+
+
+def test_calibration_with_bins_from_the_second_sample_gives_it_equal_counts():
+    s1 = torch.randn(4000, dtype=torch.float64, generator=gen(4))
+    s0 = s1 + 1.0
+    edges = torch.quantile(s1, torch.linspace(0, 1, 11, dtype=torch.float64))[1:-1]
+    out = sbi.calibrated_log_ratio(s1, s0, s1, n_bins=10, bins_from_stat1=True)
+    counts0 = torch.bincount(torch.bucketize(s0, edges), minlength=10) + 1.0
+    expected = ((counts0 / counts0.sum()).log() - math.log(1 / 10)).double()  # every s1 bin holds 401
+    assert_close(out, expected[torch.bucketize(s1, edges)])
