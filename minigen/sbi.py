@@ -41,6 +41,7 @@ __all__ = [
     "rolr_loss",
     "rascal_loss",
     "sally_loss",
+    "alices_loss",
     "log_ratio_and_score",
     "calibrated_log_ratio",
     "likelihood_interval",
@@ -49,6 +50,7 @@ __all__ = [
     "neyman_belt",
     "neyman_interval",
     "interval_coverage",
+    "log_ratio_grid",
     "MixtureDensity",
     "likelihood_training_set",
     "nle_loss",
@@ -202,6 +204,19 @@ def sally_loss(net: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     return ((batch["t_joint"] - net(batch["x"])[:, 0]) ** 2).mean()
 
 
+def alices_loss(net: nn.Module, batch: dict[str, Tensor], alpha: float = 1.0) -> Tensor:
+    r"""ALICES: cross-entropy against the joint soft label :math:`s(x, z) = 1/(1 + r(x, z))`, plus RASCAL's score term (:eq:`eq-sbi-alices`).
+
+    :math:`\hat c = \sigma(-\log\hat r)` as in :func:`classifier_loss`; averaged over the latent
+    at fixed :math:`x` the soft label is the optimal classifier output :math:`c^*(x)`, so the
+    minimiser is again :math:`\log r(x|\theta)`. ``alpha = 0`` is ALICE. Returns a scalar.
+    """
+    log_r, score = log_ratio_and_score(net, batch["x"], batch["theta"])
+    soft = torch.sigmoid(-batch["log_r_joint"])  # 1 / (1 + r(x, z))
+    ce = F.binary_cross_entropy_with_logits(-log_r, soft, reduction="none")
+    return (ce + alpha * (1 - batch["y"]) * (batch["t_joint"] - score) ** 2).mean()
+
+
 def calibrated_log_ratio(stat: Tensor, stat0: Tensor, stat1: Tensor, n_bins: int = 40,
                          bins_from_stat1: bool = False) -> Tensor:
     r"""Histogram calibration: :math:`\log \hat p(\hat c|\theta_0) - \log \hat p(\hat c|\theta_1)` at ``stat`` (:eq:`eq-sbi-calib`).
@@ -342,6 +357,20 @@ def neyman_interval(theta: Tensor, q: Tensor, cut: Tensor) -> tuple[Tensor, Tens
 
     shape = q.shape[:-1]
     return end(lo, lo - 1).reshape(shape), end(hi, hi + 1).reshape(shape)
+
+
+def log_ratio_grid(log_ratio: Callable[[Tensor, Tensor], Tensor], x: Tensor, theta: Tensor) -> Tensor:
+    r""":math:`\log \hat r(x_i|\theta_j)` for every event ``x`` ``(n, d)`` and grid point ``theta`` ``(m,)``: ``(n, m)``, without gradients.
+
+    ``log_ratio(x, theta)`` takes ``theta`` ``(n, 1)`` (a :class:`RatioNet`, or a
+    :class:`MixtureDensity` for :math:`\log q`). Summing the rows of one toy's events gives its
+    log likelihood on the grid, up to a constant (:eq:`eq-sbi-q`).
+    """
+    if theta.dim() != 1:
+        raise ValueError(f"theta must be a grid (m,), got shape {tuple(theta.shape)}")
+    with torch.no_grad():
+        return torch.stack([log_ratio(x, torch.full((len(x), 1), float(t), dtype=x.dtype, device=x.device))
+                            for t in theta], 1)
 
 
 def interval_coverage(low: Tensor, high: Tensor, theta_true: Tensor | float) -> tuple[float, float]:

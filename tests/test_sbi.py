@@ -199,6 +199,7 @@ def test_train_estimator_is_adam_with_a_cosine_decay_on_minibatches():
 # --- frequentist intervals: Wilks, Neyman, coverage ---------------------------------------------
 
 NOMINAL = 0.6827
+F64 = torch.float64
 
 
 def gaussian_toys(mu, n_toys, n_events, seed=0):
@@ -329,3 +330,33 @@ def test_calibration_with_bins_from_the_second_sample_gives_it_equal_counts():
     counts0 = torch.bincount(torch.bucketize(s0, edges), minlength=10) + 1.0
     expected = ((counts0 / counts0.sum()).log() - math.log(1 / 10)).double()  # every s1 bin holds 401
     assert_close(out, expected[torch.bucketize(s1, edges)])
+
+
+def test_alices_soft_label_averages_to_the_optimal_classifier_and_alpha_zero_with_hard_labels_is_the_classifier():
+    torch.manual_seed(2)
+    net = sbi.RatioNet(dim_x=1, hidden=8, depth=1).double()
+    sim = simulators.SmearedExponential()
+    batch = sbi.ratio_training_set(sim, torch.full((6,), 0.8, dtype=F64), 1.0, gen())
+    hard = dict(batch, log_r_joint=torch.where(batch["y"] == 1, -50.0, 50.0).double())  # s = y
+    assert_close(sbi.alices_loss(net, hard, alpha=0.0), sbi.classifier_loss(net, batch), atol=1e-12, rtol=0)
+    log_r, score = sbi.log_ratio_and_score(net, batch["x"], batch["theta"])
+    s = 1 / (1 + batch["log_r_joint"].exp())
+    c = 1 / (1 + log_r.exp())
+    expected = (-(s * c.log() + (1 - s) * (1 - c).log()) + 0.5 * (1 - batch["y"]) * (batch["t_joint"] - score) ** 2).mean()
+    assert_close(sbi.alices_loss(net, batch, alpha=0.5), expected)
+    # E[s(x, z) | x] over both classes = p(x|ref) / (p(x|theta) + p(x|ref)): the reweighting identity
+    x_ref, z_ref = sim.simulate(torch.full((400_000,), 1.0, dtype=F64), gen(5))
+    x_th, z_th = sim.simulate(torch.full((400_000,), 0.8, dtype=F64), gen(6))
+    w = lambda x: torch.exp(-0.5 * ((x[:, 0] - 1.5) / 0.2) ** 2)  # a window around x = 1.5
+    soft = lambda z: 1 / (1 + sim.joint_log_ratio(z, 0.8, 1.0).exp())
+    mean_s = ((w(x_ref) * soft(z_ref)).sum() + (w(x_th) * soft(z_th)).sum()) / (w(x_ref).sum() + w(x_th).sum())
+    xs = torch.linspace(0.5, 2.5, 2001, dtype=F64)[:, None]
+    p_ref, p_th = sim.log_prob(xs, 1.0).exp(), sim.log_prob(xs, 0.8).exp()
+    exact = (w(xs) * p_ref).sum() / (w(xs) * (p_ref + p_th)).sum()
+    assert abs(float(mean_s) - float(exact)) < 0.003
+
+
+def test_log_ratio_grid_evaluates_every_event_at_every_grid_point():
+    f = lambda x, theta: (x * theta)[:, 0]
+    x, theta = torch.tensor([[1.0], [2.0]]), torch.tensor([0.5, 1.0, 3.0])
+    assert_close(sbi.log_ratio_grid(f, x, theta), x * theta)
