@@ -41,9 +41,20 @@ __all__ = [
     "rolr_loss",
     "rascal_loss",
     "sally_loss",
+    "alices_loss",
     "log_ratio_and_score",
     "calibrated_log_ratio",
     "likelihood_interval",
+    "wilks_interval",
+    "likelihood_ratio_statistic",
+    "neyman_belt",
+    "neyman_interval",
+    "interval_coverage",
+    "log_ratio_grid",
+    "MixtureDensity",
+    "likelihood_training_set",
+    "nle_loss",
+    "scandal_loss",
 ]
 
 
@@ -118,7 +129,7 @@ def minibatches(data: dict[str, Tensor], batch_size: int,
                 generator: torch.Generator | None = None) -> Callable[[int], dict[str, Tensor]]:
     """A ``step -> batch`` function drawing ``batch_size`` random rows of ``data`` (for :func:`minigen.train.train`)."""
     _count(batch_size, "batch_size")
-    n = len(data["y"])
+    n = len(next(iter(data.values())))
 
     def batch(step: int) -> dict[str, Tensor]:
         idx = torch.randint(n, (min(batch_size, n),), generator=generator)
@@ -193,12 +204,28 @@ def sally_loss(net: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     return ((batch["t_joint"] - net(batch["x"])[:, 0]) ** 2).mean()
 
 
-def calibrated_log_ratio(stat: Tensor, stat0: Tensor, stat1: Tensor, n_bins: int = 40) -> Tensor:
+def alices_loss(net: nn.Module, batch: dict[str, Tensor], alpha: float = 1.0) -> Tensor:
+    r"""ALICES: cross-entropy against the joint soft label :math:`s(x, z) = 1/(1 + r(x, z))`, plus RASCAL's score term (:eq:`eq-sbi-alices`).
+
+    :math:`\hat c = \sigma(-\log\hat r)` as in :func:`classifier_loss`; averaged over the latent
+    at fixed :math:`x` the soft label is the optimal classifier output :math:`c^*(x)`, so the
+    minimiser is again :math:`\log r(x|\theta)`. ``alpha = 0`` is ALICE. Returns a scalar.
+    """
+    log_r, score = log_ratio_and_score(net, batch["x"], batch["theta"])
+    soft = torch.sigmoid(-batch["log_r_joint"])  # 1 / (1 + r(x, z))
+    ce = F.binary_cross_entropy_with_logits(-log_r, soft, reduction="none")
+    return (ce + alpha * (1 - batch["y"]) * (batch["t_joint"] - score) ** 2).mean()
+
+
+def calibrated_log_ratio(stat: Tensor, stat0: Tensor, stat1: Tensor, n_bins: int = 40,
+                         bins_from_stat1: bool = False) -> Tensor:
     r"""Histogram calibration: :math:`\log \hat p(\hat c|\theta_0) - \log \hat p(\hat c|\theta_1)` at ``stat`` (:eq:`eq-sbi-calib`).
 
     ``stat0`` ``(n0,)`` and ``stat1`` ``(n1,)`` are a statistic's values on fresh samples from
-    :math:`\theta_0` and :math:`\theta_1`; bins are equal-mass for the pooled sample, with one
-    pseudo-count per bin. Returns ``(m,)`` for ``stat`` ``(m,)``.
+    :math:`\theta_0` and :math:`\theta_1`; bins are equal-mass for the pooled sample (or, with
+    ``bins_from_stat1``, for ``stat1`` alone, so that a fixed :math:`\theta_1` sample fills every
+    bin equally whatever the statistic), with one pseudo-count per bin. Returns ``(m,)`` for
+    ``stat`` ``(m,)``.
     """
     if stat0.dim() != 1 or stat1.dim() != 1 or stat.dim() != 1:
         raise ValueError(f"stat, stat0 and stat1 must be 1D, got shapes {tuple(stat.shape)}, "
@@ -206,7 +233,7 @@ def calibrated_log_ratio(stat: Tensor, stat0: Tensor, stat1: Tensor, n_bins: int
     if stat0.numel() == 0 or stat1.numel() == 0:
         raise ValueError(f"stat0 and stat1 must be non-empty, got {stat0.numel()} and {stat1.numel()} values")
     _count(n_bins, "n_bins")
-    pooled = torch.cat([stat0, stat1]).double()
+    pooled = stat1.double() if bins_from_stat1 else torch.cat([stat0, stat1]).double()
     edges = torch.quantile(pooled, torch.linspace(0, 1, n_bins + 1, dtype=torch.float64,
                                                   device=pooled.device))
     inner = edges[1:-1].contiguous()
@@ -219,29 +246,205 @@ def calibrated_log_ratio(stat: Tensor, stat0: Tensor, stat1: Tensor, n_bins: int
     return table[torch.bucketize(stat.double(), inner)].to(stat.dtype)
 
 
+def _chi2_1_quantile(level: float) -> float:
+    """The ``level`` quantile of :math:`\\chi^2_1`: :math:`(\\sqrt2\\,\\mathrm{erf}^{-1}(\\text{level}))^2`."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie strictly between 0 and 1, got {level}")
+    return float(2 * torch.special.erfinv(torch.tensor(level, dtype=torch.float64)) ** 2)
+
+
+def _region(t: Tensor, d: Tensor) -> tuple[int, float, float]:
+    """Index of the minimum of ``d`` ``(m,)`` and the smallest interval holding every point where ``d <= 0``.
+
+    Ends are linearly interpolated where ``d`` crosses zero; a set reaching the end of the grid
+    stops there.
+    """
+    k = int(d.argmin())
+    inside = torch.nonzero(d <= 0)[:, 0]
+    lo_i, hi_i = (int(inside[0]), int(inside[-1])) if len(inside) else (k, k)
+
+    def cross(i: int, j: int) -> float:  # where d crosses 0 between grid points i (inside) and j
+        return float(t[i] - d[i] / (d[j] - d[i]) * (t[j] - t[i]))
+
+    low = cross(lo_i, lo_i - 1) if lo_i > 0 else float(t[0])
+    high = cross(hi_i, hi_i + 1) if hi_i < len(t) - 1 else float(t[-1])
+    return k, low, high
+
+
+def _check_curves(theta: Tensor, curves: Tensor, name: str) -> None:
+    if theta.dim() != 1 or curves.dim() not in (1, 2) or curves.shape[-1] != len(theta) or len(theta) < 2:
+        raise ValueError(f"theta must be a grid (m,) with m >= 2 and {name} (m,) or (T, m) on it, got "
+                         f"shapes {tuple(theta.shape)} and {tuple(curves.shape)}")
+    if not bool((theta[1:] > theta[:-1]).all()):
+        raise ValueError("theta must be strictly increasing")
+
+
 def likelihood_interval(theta: Tensor, log_lik: Tensor, level: float = 0.6827) -> tuple[float, float, float]:
     r"""Maximum-likelihood estimate and the interval :math:`\{\theta: 2[\ell(\hat\theta) - \ell(\theta)] \le q\}`.
 
     ``theta`` ``(m,)`` is an increasing grid and ``log_lik`` ``(m,)`` the log likelihood (up to a
     constant) on it; :math:`q` is the ``level`` quantile of :math:`\chi^2_1` (Wilks' theorem,
     :eq:`eq-sbi-wilks`), 1 for 68.27%. Interval ends are linearly interpolated. Returns
-    ``(mle, low, high)``.
+    ``(mle, low, high)``; :func:`wilks_interval` does the same for a batch of curves.
     """
     if theta.shape != log_lik.shape or theta.dim() != 1:
         raise ValueError("theta and log_lik must be 1D of equal length")
-    q = 2 * torch.special.erfinv(torch.tensor(level, dtype=torch.float64)) ** 2  # chi2_1 quantile
-    t, d = theta.double(), 2 * (log_lik.double().max() - log_lik.double())
-    k = int(d.argmin())
-    inside = d <= q
-    lo_i, hi_i = k, k
-    while lo_i > 0 and inside[lo_i - 1]:
-        lo_i -= 1
-    while hi_i < len(t) - 1 and inside[hi_i + 1]:
-        hi_i += 1
-
-    def cross(i: int, j: int) -> float:  # where d crosses q between grid points i (inside) and j
-        return float(t[i] + (q - d[i]) / (d[j] - d[i]) * (t[j] - t[i]))
-
-    low = cross(lo_i, lo_i - 1) if lo_i > 0 else float(t[0])
-    high = cross(hi_i, hi_i + 1) if hi_i < len(t) - 1 else float(t[-1])
+    q = _chi2_1_quantile(level)
+    t = theta.double()
+    k, low, high = _region(t, likelihood_ratio_statistic(log_lik.double()) - q)
     return float(t[k]), low, high
+
+
+def likelihood_ratio_statistic(log_lik: Tensor) -> Tensor:
+    r"""The profile test statistic :math:`q(\theta) = -2\log\lambda(\theta) = 2[\max_{\theta'} \ell(\theta') - \ell(\theta)]`.
+
+    ``log_lik`` ``(m,)`` or ``(T, m)``: log likelihoods (up to a constant per row) on a grid of
+    :math:`\theta`; the maximum is over the grid. Returns the same shape, zero at each row's
+    maximum (:eq:`eq-sbi-q`).
+    """
+    return 2 * (log_lik.max(dim=-1, keepdim=True).values - log_lik)
+
+
+def wilks_interval(theta: Tensor, log_lik: Tensor, level: float = 0.6827) -> tuple[Tensor, Tensor]:
+    r"""Wilks intervals :math:`\{\theta : q(\theta) \le F^{-1}_{\chi^2_1}(\text{level})\}` for a batch of curves.
+
+    Wilks' theorem: at the true :math:`\theta`, :math:`q(\theta) \to \chi^2_1` in distribution
+    as the number of events grows (:eq:`eq-sbi-wilks`). ``theta`` ``(m,)`` increasing grid,
+    ``log_lik`` ``(T, m)`` or ``(m,)``; returns ``(low, high)``, each ``(T,)`` (or 0-d), the
+    run of grid points around the maximum inside the cut, ends linearly interpolated.
+    """
+    _check_curves(theta, log_lik, "log_lik")
+    cut = torch.full_like(theta, _chi2_1_quantile(level), dtype=torch.float64)
+    return neyman_interval(theta, likelihood_ratio_statistic(log_lik.double()), cut)
+
+
+def neyman_belt(q_at_truth: Tensor, level: float = 0.6827) -> Tensor:
+    r"""Neyman's acceptance cut :math:`c(\theta_j)`: the ``level`` quantile of :math:`q(\theta_j)` under :math:`\theta_j`.
+
+    ``q_at_truth`` ``(B, m)``: column ``j`` holds the statistic :math:`q(\theta_j)` on ``B`` toy
+    data sets simulated at :math:`\theta_j`. The acceptance region of the test of
+    :math:`\theta_j` is :math:`\{q(\theta_j) \le c(\theta_j)\}`, of probability ``level``
+    under :math:`\theta_j` whatever the statistic (:eq:`eq-sbi-neyman`). Returns ``(m,)``.
+    """
+    if q_at_truth.dim() != 2 or q_at_truth.shape[0] < 2:
+        raise ValueError(f"q_at_truth must be (B, m) with B >= 2 toys per grid point, got {tuple(q_at_truth.shape)}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie strictly between 0 and 1, got {level}")
+    return torch.quantile(q_at_truth.double(), level, dim=0)
+
+
+def neyman_interval(theta: Tensor, q: Tensor, cut: Tensor) -> tuple[Tensor, Tensor]:
+    r"""The confidence set :math:`\{\theta : q(\theta) \le c(\theta)\}` as an interval, for ``q`` ``(T, m)`` or ``(m,)``.
+
+    ``theta`` ``(m,)`` increasing grid, ``cut`` ``(m,)`` the belt :math:`c(\theta)` from
+    :func:`neyman_belt` (or a constant :math:`\chi^2_1` quantile for Wilks). Each row gives the
+    run of grid points around the minimum of :math:`q - c` where :math:`q \le c`, ends linearly
+    interpolated (:eq:`eq-sbi-neyman`). Returns ``(low, high)``, each ``(T,)`` (or 0-d).
+    """
+    _check_curves(theta, q, "q")
+    if cut.shape != theta.shape:
+        raise ValueError(f"cut must have the grid's shape {tuple(theta.shape)}, got {tuple(cut.shape)}")
+    t, d = theta.double(), (q.double() - cut.double()).reshape(-1, len(theta))  # (T, m)
+    m, inside = len(t), d <= 0
+    k = d.argmin(1, keepdim=True)  # (T, 1) stands in for an empty set
+    lo = torch.where(inside.any(1, keepdim=True), inside.double().argmax(1, keepdim=True), k)
+    hi = torch.where(inside.any(1, keepdim=True), m - 1 - inside.flip(1).double().argmax(1, keepdim=True), k)
+
+    def end(i: Tensor, j: Tensor) -> Tensor:  # where d crosses 0 between i (inside) and j, else t[i]
+        di, dj = d.gather(1, i), d.gather(1, j.clamp(0, m - 1))
+        x = t[i] - di / (dj - di) * (t[j.clamp(0, m - 1)] - t[i])
+        return torch.where((j < 0) | (j >= m), t[i], x)[:, 0]
+
+    shape = q.shape[:-1]
+    return end(lo, lo - 1).reshape(shape), end(hi, hi + 1).reshape(shape)
+
+
+def log_ratio_grid(log_ratio: Callable[[Tensor, Tensor], Tensor], x: Tensor, theta: Tensor) -> Tensor:
+    r""":math:`\log \hat r(x_i|\theta_j)` for every event ``x`` ``(n, d)`` and grid point ``theta`` ``(m,)``: ``(n, m)``, without gradients.
+
+    ``log_ratio(x, theta)`` takes ``theta`` ``(n, 1)`` (a :class:`RatioNet`, or a
+    :class:`MixtureDensity` for :math:`\log q`). Summing the rows of one toy's events gives its
+    log likelihood on the grid, up to a constant (:eq:`eq-sbi-q`).
+    """
+    if theta.dim() != 1:
+        raise ValueError(f"theta must be a grid (m,), got shape {tuple(theta.shape)}")
+    with torch.no_grad():
+        return torch.stack([log_ratio(x, torch.full((len(x), 1), float(t), dtype=x.dtype, device=x.device))
+                            for t in theta], 1)
+
+
+def interval_coverage(low: Tensor, high: Tensor, theta_true: Tensor | float) -> tuple[float, float]:
+    r"""Empirical coverage :math:`\hat C = \frac1T \sum_k 1[\ell_k \le \theta_k \le h_k]` and its binomial error.
+
+    ``low``, ``high`` ``(T,)``: the intervals of ``T`` toy data sets; ``theta_true`` a scalar or
+    ``(T,)``, the parameter each toy was simulated at. Returns ``(coverage, se)`` with
+    :math:`\mathrm{se} = \sqrt{\hat C(1 - \hat C)/T}` (:eq:`eq-sbi-coverage`).
+    """
+    if low.dim() != 1 or low.shape != high.shape or low.numel() == 0:
+        raise ValueError(f"low and high must be non-empty vectors of equal length, got shapes "
+                         f"{tuple(low.shape)} and {tuple(high.shape)}")
+    truth = torch.as_tensor(theta_true, dtype=torch.float64).expand(low.shape)
+    covered = ((low.double() <= truth) & (truth <= high.double())).double()
+    c = float(covered.mean())
+    return c, math.sqrt(c * (1 - c) / len(covered))
+
+
+class MixtureDensity(nn.Module):
+    r"""A conditional density :math:`q(x|\theta) = \sum_k \pi_k(\theta)\, \mathcal N(x; \mu_k(\theta), \sigma_k(\theta)^2)` for 1D ``x``.
+
+    A mixture density network: an MLP maps ``theta`` ``(n, k)`` to the ``n_components``
+    logits, means and log scales. ``x`` is standardised by fixed ``loc`` and ``scale`` first
+    (the log-determinant is added back). :meth:`log_prob` is differentiable in ``theta``, which
+    :func:`scandal_loss` needs (:eq:`eq-sbi-scandal`).
+    """
+
+    def __init__(self, dim_theta: int = 1, n_components: int = 6, hidden: int = 32, depth: int = 2,
+                 loc: float = 0.0, scale: float = 1.0):
+        super().__init__()
+        _count(n_components, "n_components")
+        if scale <= 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+        self.net = mlp(dim_theta, 3 * n_components, hidden, depth)
+        self.loc, self.scale = loc, scale
+
+    def log_prob(self, x: Tensor, theta: Tensor) -> Tensor:
+        r""":math:`\log q(x|\theta)` ``(n,)`` for ``x`` ``(n, 1)`` and ``theta`` ``(n, k)``."""
+        if x.dim() != 2 or x.shape[1] != 1 or theta.dim() != 2 or len(theta) != len(x):
+            raise ValueError(f"x must be (n, 1) and theta (n, k), got {tuple(x.shape)} and {tuple(theta.shape)}")
+        logits, mu, log_s = self.net(theta).chunk(3, dim=1)  # each (n, K)
+        u = (x - self.loc) / self.scale  # (n, 1)
+        log_n = -0.5 * ((u - mu) / log_s.exp()) ** 2 - log_s - 0.5 * math.log(2 * math.pi)  # (n, K)
+        return torch.logsumexp(logits.log_softmax(1) + log_n, dim=1) - math.log(self.scale)
+
+    def forward(self, x: Tensor, theta: Tensor) -> Tensor:
+        """Same as :meth:`log_prob`."""
+        return self.log_prob(x, theta)
+
+
+def likelihood_training_set(simulator, theta: Tensor,
+                            generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    r"""One :math:`(x, z) \sim p(x, z|\theta_i)` per ``theta`` ``(n,)``: keys ``x`` ``(n, 1)``, ``theta`` ``(n, 1)``, ``t_joint`` ``(n,)``.
+
+    The training set of a likelihood estimator; ``t_joint`` is the joint score
+    :math:`t(x, z|\theta_i)` (:eq:`eq-sbi-joint`) that :func:`scandal_loss` regresses on.
+    """
+    if not isinstance(theta, Tensor) or theta.dim() != 1 or theta.numel() == 0:
+        raise ValueError(f"theta must be a non-empty vector (n,), got "
+                         f"{tuple(theta.shape) if isinstance(theta, Tensor) else type(theta).__name__}")
+    x, z = simulator.simulate(theta, generator)
+    return {"x": x, "theta": theta[:, None], "t_joint": simulator.joint_score(z, theta)}
+
+
+def nle_loss(net: MixtureDensity, batch: dict[str, Tensor]) -> Tensor:
+    r"""Neural likelihood estimation: :math:`-\E \log q(x|\theta)` over the batch (:eq:`eq-sbi-scandal` with :math:`\alpha = 0`)."""
+    return -net.log_prob(batch["x"], batch["theta"]).mean()
+
+
+def scandal_loss(net: MixtureDensity, batch: dict[str, Tensor], alpha: float = 1.0) -> Tensor:
+    r"""SCANDAL: :math:`\E[-\log q(x|\theta) + \alpha\, |t(x, z|\theta) - \partial_\theta \log q(x|\theta)|^2]` (:eq:`eq-sbi-scandal`).
+
+    The score of the density is taken by autograd (graph kept), the joint score ``t_joint`` is its
+    unbiased target as in :func:`rascal_loss`. Returns a scalar.
+    """
+    log_q, score = log_ratio_and_score(net, batch["x"], batch["theta"])
+    return (-log_q + alpha * (batch["t_joint"] - score) ** 2).mean()

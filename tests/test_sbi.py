@@ -194,3 +194,169 @@ def test_train_estimator_is_adam_with_a_cosine_decay_on_minibatches():
         assert abs(loss.item() - float(history[k])) < 1e-6
     for a, b in zip(net_a.parameters(), net_b.parameters()):
         torch.testing.assert_close(a, b)
+
+
+# --- frequentist intervals: Wilks, Neyman, coverage ---------------------------------------------
+
+NOMINAL = 0.6827
+F64 = torch.float64
+
+
+def gaussian_toys(mu, n_toys, n_events, seed=0):
+    """Log likelihoods (T, m) of the mean of N(mu, 1) on a grid, from T toy data sets of n_events."""
+    grid = torch.linspace(mu - 2, mu + 2, 801, dtype=torch.float64)
+    x = mu + torch.randn(n_toys, n_events, 1, dtype=torch.float64, generator=gen(seed))
+    return grid, (-0.5 * (x - grid) ** 2).sum(1), x[..., 0].mean(1)
+
+
+def test_wilks_interval_of_the_gaussian_mean_is_xbar_plus_minus_one_over_root_n_and_matches_the_scalar_version():
+    grid, log_lik, xbar = gaussian_toys(0.3, 50, 25)
+    low, high = sbi.wilks_interval(grid, log_lik)
+    assert_close(low, xbar - 1 / 5 * 1.0000, atol=1e-3, rtol=0)  # q = 1 is the 68.27% chi2_1 quantile
+    assert_close(high, xbar + 1 / 5, atol=1e-3, rtol=0)
+    for k in range(3):
+        _, lo_k, hi_k = sbi.likelihood_interval(grid, log_lik[k])
+        assert math.isclose(lo_k, float(low[k])) and math.isclose(hi_k, float(high[k]))
+
+
+def test_wilks_coverage_of_an_exact_gaussian_likelihood_is_nominal_within_binomial_error():
+    grid, log_lik, _ = gaussian_toys(0.3, 2000, 10, seed=1)
+    cover, se = sbi.interval_coverage(*sbi.wilks_interval(grid, log_lik), 0.3)
+    assert math.isclose(se, math.sqrt(cover * (1 - cover) / 2000))
+    assert abs(cover - NOMINAL) < 3 * se, (cover, se)
+
+
+def test_neyman_belt_of_the_gaussian_mean_is_the_chi2_quantile():
+    grid, log_lik, _ = gaussian_toys(0.0, 4000, 10, seed=2)
+    j = int((grid - 0.0).abs().argmin())
+    q = sbi.likelihood_ratio_statistic(log_lik)  # (T, m), zero at each row's maximum
+    assert_close(q.min(1).values, torch.zeros(4000, dtype=torch.float64))
+    belt = sbi.neyman_belt(q[:, j:j + 1])  # under the truth q ~ chi2_1, whose 68.27% quantile is 1
+    assert abs(float(belt[0]) - 1.0) < 0.08, float(belt)
+
+
+def test_neyman_restores_the_coverage_that_a_miscaled_statistic_loses_under_wilks():
+    """With 3 x the log likelihood, q = 3 chi2_1: Wilks covers P(chi2_1 <= 1/3) = erf(1/sqrt 6)."""
+    mus = torch.tensor([-0.5, 0.0, 0.5], dtype=torch.float64)
+    belt_toys, cover_toys = [], []
+    for k, mu in enumerate(mus):
+        grid, ll, _ = gaussian_toys(0.0, 1000, 10, seed=10 + k)  # a shared grid on [-2, 2]
+        x = mu + torch.randn(1000, 10, 1, dtype=torch.float64, generator=gen(10 + k))
+        belt_toys.append(3 * (-0.5 * (x - grid) ** 2).sum(1))
+        x = mu + torch.randn(1000, 10, 1, dtype=torch.float64, generator=gen(20 + k))
+        cover_toys.append(3 * (-0.5 * (x - grid) ** 2).sum(1))
+    idx = [int((grid - mu).abs().argmin()) for mu in mus]
+    q_truth = torch.stack([sbi.likelihood_ratio_statistic(ll)[:, j] for ll, j in zip(belt_toys, idx)], 1)
+    belt = sbi.neyman_belt(q_truth)  # (3,) close to 3
+    assert ((belt - 3.0).abs() < 0.3).all(), belt
+    for ll, mu, j in zip(cover_toys, mus, idx):
+        cut = torch.full_like(grid, float(belt[mus.tolist().index(float(mu))]))
+        wilks, se_w = sbi.interval_coverage(*sbi.wilks_interval(grid, ll), float(grid[j]))
+        neyman, se_n = sbi.interval_coverage(*sbi.neyman_interval(grid, sbi.likelihood_ratio_statistic(ll), cut),
+                                             float(grid[j]))
+        assert abs(wilks - math.erf(1 / math.sqrt(6))) < 3 * se_w, wilks
+        assert abs(neyman - NOMINAL) < 4 * se_n, neyman  # belt and coverage toys both carry MC error
+
+
+def test_neyman_interval_follows_a_theta_dependent_cut():
+    theta = torch.linspace(0, 1, 11, dtype=torch.float64)
+    q = (theta - 0.5).abs() * 10  # 5 at the ends
+    low, high = sbi.neyman_interval(theta, q, torch.where(theta < 0.5, 2.0, 3.0).double())
+    assert math.isclose(float(low), 0.3) and math.isclose(float(high), 0.8)
+    with pytest.raises(ValueError, match="cut must have the grid's shape"):
+        sbi.neyman_interval(theta, q, torch.ones(3))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        sbi.wilks_interval(theta.flip(0), q)
+
+
+def test_interval_coverage_counts_intervals_containing_the_truth():
+    low, high = torch.tensor([0.0, 0.5, 1.1, -1.0]), torch.tensor([1.0, 2.0, 2.0, 0.9])
+    assert sbi.interval_coverage(low, high, 1.0) == (0.5, 0.25)
+    assert sbi.interval_coverage(low, high, torch.tensor([0.5, 0.5, 1.5, 0.0]))[0] == 1.0
+    with pytest.raises(ValueError, match="equal length"):
+        sbi.interval_coverage(low, high[:2], 1.0)
+
+
+# --- SCANDAL: a conditional density with a score term --------------------------------------------
+
+def test_mixture_density_is_a_normalised_gaussian_mixture():
+    torch.manual_seed(0)
+    q = sbi.MixtureDensity(n_components=3, loc=1.0, scale=2.0).double()
+    theta = torch.tensor([[0.8], [1.3]], dtype=torch.float64)
+    x = torch.linspace(-30, 30, 20_001, dtype=torch.float64)[:, None]
+    for th in theta:
+        dens = q.log_prob(x, th.expand(len(x), 1)).exp().detach()
+        assert abs(float(torch.trapezoid(dens, x[:, 0])) - 1) < 1e-6
+    logits, mu, log_s = q.net(theta).chunk(3, 1)
+    x2 = torch.tensor([[0.1], [2.5]], dtype=torch.float64)
+    loc, s = 1.0 + 2.0 * mu, 2.0 * log_s.exp()  # each component in x units
+    by_hand = (logits.softmax(1) * torch.exp(-0.5 * ((x2 - loc) / s) ** 2) / (s * math.sqrt(2 * math.pi))).sum(1).log()
+    assert_close(q.log_prob(x2, theta), by_hand)
+
+
+def test_scandal_is_nll_plus_alpha_times_the_squared_score_error():
+    torch.manual_seed(1)
+    q = sbi.MixtureDensity(n_components=2).double()
+    sim = simulators.SmearedExponential()
+    batch = sbi.likelihood_training_set(sim, torch.tensor([0.8, 1.0, 1.2], dtype=torch.float64), gen())
+    assert batch["x"].shape == (3, 1) and batch["theta"].shape == (3, 1)
+    h = 1e-6  # the density's theta-derivative by central differences
+    score = (q.log_prob(batch["x"], batch["theta"] + h) - q.log_prob(batch["x"], batch["theta"] - h)) / (2 * h)
+    expected = sbi.nle_loss(q, batch) + 0.7 * ((batch["t_joint"] - score) ** 2).mean()
+    assert_close(sbi.scandal_loss(q, batch, alpha=0.7), expected, atol=1e-8, rtol=0)
+    assert_close(sbi.scandal_loss(q, batch, alpha=0.0), sbi.nle_loss(q, batch))
+    sbi.scandal_loss(q, batch).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in q.parameters())
+
+
+def test_batched_neyman_interval_matches_the_grid_region_row_by_row():
+    theta = torch.linspace(0, 1, 21, dtype=torch.float64)
+    q = torch.rand(200, 21, dtype=torch.float64, generator=gen(3)) * 4  # ragged, often disconnected sets
+    cut = torch.linspace(0.5, 2.5, 21, dtype=torch.float64)
+    low, high = sbi.neyman_interval(theta, q, cut)
+    for k in range(200):
+        _, lo_k, hi_k = sbi._region(theta, q[k] - cut)
+        assert math.isclose(lo_k, float(low[k])) and math.isclose(hi_k, float(high[k]))
+        inside = theta[q[k] <= cut]
+        if len(inside):
+            assert float(low[k]) <= float(inside[0]) and float(inside[-1]) <= float(high[k])
+
+
+def test_calibration_with_bins_from_the_second_sample_gives_it_equal_counts():
+    s1 = torch.randn(4000, dtype=torch.float64, generator=gen(4))
+    s0 = s1 + 1.0
+    edges = torch.quantile(s1, torch.linspace(0, 1, 11, dtype=torch.float64))[1:-1]
+    out = sbi.calibrated_log_ratio(s1, s0, s1, n_bins=10, bins_from_stat1=True)
+    counts0 = torch.bincount(torch.bucketize(s0, edges), minlength=10) + 1.0
+    expected = ((counts0 / counts0.sum()).log() - math.log(1 / 10)).double()  # every s1 bin holds 401
+    assert_close(out, expected[torch.bucketize(s1, edges)])
+
+
+def test_alices_soft_label_averages_to_the_optimal_classifier_and_alpha_zero_with_hard_labels_is_the_classifier():
+    torch.manual_seed(2)
+    net = sbi.RatioNet(dim_x=1, hidden=8, depth=1).double()
+    sim = simulators.SmearedExponential()
+    batch = sbi.ratio_training_set(sim, torch.full((6,), 0.8, dtype=F64), 1.0, gen())
+    hard = dict(batch, log_r_joint=torch.where(batch["y"] == 1, -50.0, 50.0).double())  # s = y
+    assert_close(sbi.alices_loss(net, hard, alpha=0.0), sbi.classifier_loss(net, batch), atol=1e-12, rtol=0)
+    log_r, score = sbi.log_ratio_and_score(net, batch["x"], batch["theta"])
+    s = 1 / (1 + batch["log_r_joint"].exp())
+    c = 1 / (1 + log_r.exp())
+    expected = (-(s * c.log() + (1 - s) * (1 - c).log()) + 0.5 * (1 - batch["y"]) * (batch["t_joint"] - score) ** 2).mean()
+    assert_close(sbi.alices_loss(net, batch, alpha=0.5), expected)
+    # E[s(x, z) | x] over both classes = p(x|ref) / (p(x|theta) + p(x|ref)): the reweighting identity
+    x_ref, z_ref = sim.simulate(torch.full((400_000,), 1.0, dtype=F64), gen(5))
+    x_th, z_th = sim.simulate(torch.full((400_000,), 0.8, dtype=F64), gen(6))
+    w = lambda x: torch.exp(-0.5 * ((x[:, 0] - 1.5) / 0.2) ** 2)  # a window around x = 1.5
+    soft = lambda z: 1 / (1 + sim.joint_log_ratio(z, 0.8, 1.0).exp())
+    mean_s = ((w(x_ref) * soft(z_ref)).sum() + (w(x_th) * soft(z_th)).sum()) / (w(x_ref).sum() + w(x_th).sum())
+    xs = torch.linspace(0.5, 2.5, 2001, dtype=F64)[:, None]
+    p_ref, p_th = sim.log_prob(xs, 1.0).exp(), sim.log_prob(xs, 0.8).exp()
+    exact = (w(xs) * p_ref).sum() / (w(xs) * (p_ref + p_th)).sum()
+    assert abs(float(mean_s) - float(exact)) < 0.003
+
+
+def test_log_ratio_grid_evaluates_every_event_at_every_grid_point():
+    f = lambda x, theta: (x * theta)[:, 0]
+    x, theta = torch.tensor([[1.0], [2.0]]), torch.tensor([0.5, 1.0, 3.0])
+    assert_close(sbi.log_ratio_grid(f, x, theta), x * theta)
