@@ -14,10 +14,19 @@ from minigen.flows import monotone_flow
 from minigen.nn import mlp
 
 
-def test_timed_returns_result_and_both_clocks():
-    result, wall, cpu = compare.timed(lambda: sum(range(200_000)))
-    assert result == sum(range(200_000))
-    assert wall > 0 and cpu > 0
+def test_timed_returns_the_result_and_the_two_clock_differences(monkeypatch):
+    """With fake clocks that fn advances by known amounts, timed returns exactly those amounts,
+    wall time from perf_counter and CPU time from process_time."""
+    clock = {"wall": 100.0, "cpu": 7.0}
+    monkeypatch.setattr(compare.time, "perf_counter", lambda: clock["wall"])
+    monkeypatch.setattr(compare.time, "process_time", lambda: clock["cpu"])
+
+    def work():
+        clock["wall"] += 2.5
+        clock["cpu"] += 0.75
+        return "done"
+
+    assert compare.timed(work) == ("done", 2.5, 0.75)
 
 
 def test_timed_sleep_counts_wall_time_not_cpu_time():
@@ -70,12 +79,16 @@ def test_nfe_of_coupling_flow_is_one_per_coupling_layer():
         assert compare.evaluations_per_sample(flow, 50) == n_layers
 
 
-@pytest.mark.parametrize("step", [ode.euler_step, ode.midpoint_step, ode.heun_step, ode.rk4_step])
-def test_nfe_of_ode_sampler_is_steps_times_evaluations_per_step(step):
+@pytest.mark.parametrize("step, per_step", [(ode.euler_step, 1), (ode.midpoint_step, 2),
+                                            (ode.heun_step, 2), (ode.rk4_step, 4)])
+def test_nfe_of_ode_sampler_is_steps_times_evaluations_per_step(step, per_step):
+    """Euler evaluates the field once per step, midpoint and Heun twice, RK4 four times; the
+    counted evaluations and the solver's own table ode.NFE both say so."""
     flow_matching = fm.FlowMatching(2, hidden=8, depth=1, solver=ode.Solver(n_steps=5, step=step))
     diff = diffusion.Diffusion(1, hidden=8, depth=1, sampler=ode.Solver(n_steps=3, step=step))
-    assert compare.evaluations_per_sample(flow_matching, 50) == 5 * ode.NFE[step]
-    assert compare.evaluations_per_sample(diff, 50) == 3 * ode.NFE[step]
+    assert compare.evaluations_per_sample(flow_matching, 50) == 5 * per_step
+    assert compare.evaluations_per_sample(diff, 50) == 3 * per_step
+    assert ode.NFE[step] == per_step
 
 
 def test_nfe_counts_the_same_points_as_a_hand_made_counter():

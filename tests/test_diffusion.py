@@ -35,12 +35,21 @@ def test_noising_marginals_match_closed_form(sde):
 
 
 @pytest.mark.parametrize("sde", SDES, ids=["VP", "VE"])
-def test_marginal_sample_is_alpha_x0_plus_sigma_eps(sde):
-    x0 = torch.randn(7, 2, dtype=torch.float64)
-    t = torch.rand(7, dtype=torch.float64)
-    xt, eps = df.marginal_sample(sde, x0, t, torch.Generator().manual_seed(3))
-    assert_close(xt, sde.alpha(t)[:, None] * x0 + sde.sigma(t)[:, None] * eps)
-
+def test_marginal_sample_has_mean_alpha_x0_and_variance_sigma_squared(sde):
+    """Over 100,000 draws per row, x_t has mean alpha_t x0 and variance sigma_t^2 (eq-diff-marginal),
+    each within 5 standard errors, and the coordinates are uncorrelated."""
+    n = 100_000
+    x0 = torch.tensor([[2.0, -1.0], [0.5, 3.0]], dtype=torch.float64).repeat_interleave(n, 0)
+    t = torch.tensor([0.1, 0.7], dtype=torch.float64).repeat_interleave(n)
+    xt, _ = df.marginal_sample(sde, x0, t, torch.Generator().manual_seed(3))
+    for row, ti in enumerate([0.1, 0.7]):
+        x, a0 = xt[row * n:(row + 1) * n], x0[row * n]
+        tt = torch.tensor([ti], dtype=torch.float64)
+        mean, var = sde.alpha(tt) * a0, sde.sigma(tt) ** 2
+        assert_close(x.mean(0), mean, atol=5 * float(var.sqrt()) / math.sqrt(n), rtol=0)
+        assert_close(x.var(0), var.expand(2), atol=0, rtol=5 * math.sqrt(2 / n))
+        corr = torch.corrcoef(x.T)[0, 1]
+        assert abs(float(corr)) < 5 / math.sqrt(n)
 
 def test_vp_sde_alpha_obeys_its_ode_and_preserves_variance():
     """d alpha/dt = -beta alpha / 2 and alpha^2 + sigma^2 = 1."""
@@ -228,15 +237,20 @@ def test_score_net_with_zero_correction_is_exact_gaussian_score(sde):
     assert_close(net(x, t), df.mixture_score(p, x, sde.alpha(t), sde.sigma(t)))
 
 
-def test_loss_weight_makes_residual_loss_unit_weight():
-    """lambda_t * |eps_theta - eps|^2 = |F - F*|^2 since eps depends on F through alpha sigma_d c."""
-    sde = df.VESDE()
-    net = df.ScoreNet(sde, 1, sigma_data=0.5, hidden=8, depth=1).double()
-    t = torch.tensor([0.2, 0.9], dtype=torch.float64)
-    a, s = sde.alpha(t), sde.sigma(t)
-    c = (a**2 * 0.25 + s**2).rsqrt()
-    assert_close(net.loss_weight(t), 1 / (a * 0.5 * c) ** 2)
-
+def test_loss_weight_makes_the_noise_loss_a_unit_weight_loss_on_the_network_output():
+    """eps_theta depends on the network F linearly: moving F's output by delta moves lambda_t^(1/2)
+    eps_theta by a vector of norm |delta|, at every noise level (eq-diff-loss)."""
+    for sde in SDES:
+        torch.manual_seed(0)
+        net = df.ScoreNet(sde, 2, sigma_data=0.5, hidden=8, depth=1).double()
+        x = torch.randn(5, 2, dtype=torch.float64)
+        t = torch.tensor([0.01, 0.2, 0.5, 0.9, 1.0], dtype=torch.float64)
+        before = net.eps(x, t)
+        delta = torch.tensor([0.3, -0.4], dtype=torch.float64)  # |delta| = 0.5
+        with torch.no_grad():
+            net.net.net[-1].bias.add_(delta)
+        moved = ((net.eps(x, t) - before) ** 2).sum(1)  # (5,)
+        assert_close(net.loss_weight(t) * moved, torch.full((5,), 0.25, dtype=torch.float64))
 
 def test_stable_target_with_only_the_source_point_is_the_plain_noise():
     g = torch.Generator().manual_seed(0)
@@ -257,22 +271,52 @@ def test_stable_target_on_a_large_reference_is_minus_sigma_times_noised_score():
     assert_close(df.stable_noise_target(xt, ref, a, s), expected, atol=0.01, rtol=0)
 
 
-def test_diffusion_loss_with_grouped_stable_target_matches_its_definition():
+def test_grouped_stable_target_is_the_plain_noise_when_each_group_holds_one_point():
+    """Groups are consecutive blocks of stable_target points, each the reference of its own block:
+    with stable_target = 1, or with blocks of identical points, the posterior mean of x_0 is the
+    point itself and the target is the plain noise, so the loss equals the plain loss on the same
+    draws. Mixing two distinct points in one block changes it."""
     sde = df.VESDE()
     torch.manual_seed(0)
     net = df.ScoreNet(sde, 2, sigma_data=0.7, hidden=8, depth=1).double()
-    x0 = torch.randn(6, 2, dtype=torch.float64)
-    torch.manual_seed(1)
-    loss = df.diffusion_loss(net, x0, stable_target=3)
-    torch.manual_seed(1)
-    t = 1e-3 + (1 - 1e-3) * torch.rand(6, dtype=torch.float64)
-    xt, _ = df.marginal_sample(sde, x0, t)
-    a, s = sde.alpha(t), sde.sigma(t)
-    target = torch.cat([df.stable_noise_target(xt[:3], x0[:3], a[:3], s[:3]),
-                        df.stable_noise_target(xt[3:], x0[3:], a[3:], s[3:])])
-    expected = (net.loss_weight(t) * ((net.eps(xt, t) - target) ** 2).sum(1)).mean()
-    assert_close(loss, expected)
+    a = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
+    b = a + torch.tensor([[0.2, -0.1]], dtype=torch.float64)  # close: a block mixing them averages them
+    x0 = torch.cat([a, a, a, b, b, b])  # blocks of 3 identical points
+
+    def loss(k):
+        torch.manual_seed(1)  # the same times and noise for every k
+        with torch.no_grad():
+            return df.diffusion_loss(net, x0, stable_target=k)
+
+    plain = loss(0)
+    assert_close(loss(1), plain)
+    assert_close(loss(3), plain)
+    assert abs(float(loss(6) - plain)) > 1e-6  # a and b share a block: the target averages
+    assert abs(float(loss(2) - plain)) > 1e-6  # the block (a, b) in the middle
     with pytest.raises(ValueError, match="multiple of stable_target"):
         df.diffusion_loss(net, x0, stable_target=4)
     with pytest.raises(TypeError, match="group size"):
         df.diffusion_loss(net, x0, stable_target=True)  # a bool would silently mean groups of 1
+
+@pytest.mark.parametrize("sde", SDES, ids=["VP", "VE"])
+def test_probability_flow_solves_the_continuity_equation_of_the_noised_gaussian(sde):
+    """With the exact score of p_t = N(alpha_t m, alpha_t^2 s^2 + sigma_t^2) (diagonal), the
+    probability-flow velocity v satisfies d/dt log p_t + div v + v . grad log p_t = 0 pointwise
+    (eq-diff-pf-ode), checked with autograd in float64 at 12 points and 4 times."""
+    p = gaussian([1.0, -0.5], [0.5, 0.8])
+    v = df.probability_flow(gaussian_score(p, sde), sde)
+    x = torch.randn(12, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for ti in (0.05, 0.3, 0.6, 0.95):
+        t = torch.full((12,), ti, dtype=torch.float64, requires_grad=True)
+        y = x.clone().requires_grad_(True)
+        a, s = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
+        var = a**2 * p.stds[0] ** 2 + s**2  # (12, 2)
+        log_pt = (-0.5 * (y - a * p.means[0]) ** 2 / var - 0.5 * torch.log(2 * math.pi * var)).sum(1)
+        (dlogp_dt,) = torch.autograd.grad(log_pt.sum(), t, retain_graph=True)
+        (grad_logp,) = torch.autograd.grad(log_pt.sum(), y, retain_graph=True)
+        vel = v(y, t.detach())
+        div = sum(torch.autograd.grad(vel[:, i].sum(), y, retain_graph=True)[0][:, i] for i in range(2))
+        residual = dlogp_dt + div + (vel * grad_logp).sum(1)
+        scale = (dlogp_dt.abs() + div.abs() + (vel * grad_logp).sum(1).abs()).detach()
+        assert float(scale.mean()) > 0.1  # the terms are not all zero: the check has something to cancel
+        assert_close(residual, torch.zeros(12, dtype=torch.float64), atol=1e-8 * float(scale.max()), rtol=0)

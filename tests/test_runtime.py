@@ -6,12 +6,29 @@ import torch
 import minigen
 
 
-def test_setup_makes_runs_reproducible():
+def test_setup_seeds_torch_numpy_and_python_and_limits_threads(monkeypatch):
+    import random
+
+    import numpy as np
+
+    def draws():
+        return torch.randn(3), np.random.rand(3), random.random()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
     minigen.setup(seed=5)
-    a = torch.randn(3)
+    assert torch.get_num_threads() == 1  # one intra-op thread whatever it was before
+    torch.set_num_threads(threads)
+    a = draws()
     minigen.setup(seed=5)
-    assert torch.equal(a, torch.randn(3))
-    assert minigen.get_device().type in ("cpu", "cuda")
+    b = draws()
+    minigen.setup(seed=6)
+    c = draws()
+    assert torch.equal(a[0], b[0]) and (a[1] == b[1]).all() and a[2] == b[2]
+    assert not torch.equal(a[0], c[0]) and not (a[1] == c[1]).any() and a[2] != c[2]
+    for cuda, expected in ((True, "cuda"), (False, "cpu")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        assert minigen.setup(seed=0).type == expected == minigen.get_device().type
 
 
 def test_report_prints_and_records(tmp_path, monkeypatch, capsys):
@@ -39,10 +56,48 @@ def test_importing_minigen_does_not_import_matplotlib_or_pot():
     assert out.stdout.split() == ["False", "False"]
 
 
-def test_keep_freed_memory_takes_effect_with_glibc():
-    import platform
+_MALLOC_PROBE = """
+import ctypes
+import minigen
 
-    assert minigen.runtime.keep_freed_memory() == (platform.libc_ver()[0] == "glibc")
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Mallinfo2
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+
+def mapped_blocks_of_a_malloc():  # the block stays allocated: freeing it would move glibc's threshold
+    before = libc.mallinfo2().hblks
+    return libc.malloc(20 << 20), libc.mallinfo2().hblks - before
+
+plain, n_plain = mapped_blocks_of_a_malloc()
+kept = minigen.runtime.keep_freed_memory()
+after, n_after = mapped_blocks_of_a_malloc()
+print(n_plain, kept, n_after)
+libc.free(plain), libc.free(after)
+"""
+
+
+def test_keep_freed_memory_serves_a_large_block_from_the_heap():
+    """With glibc, a fresh process maps a 20 MB malloc with mmap (one more mapped block, counted by
+    mallinfo2); after keep_freed_memory() the same malloc comes from the heap (none). A fresh
+    process, because glibc raises its threshold by itself once such a block is freed."""
+    import platform
+    import subprocess
+    import sys
+
+    import pytest
+
+    libc, version = platform.libc_ver()
+    if libc != "glibc":
+        assert minigen.runtime.keep_freed_memory() is False  # nothing to set elsewhere
+        return
+    if tuple(int(v) for v in version.split(".")[:2]) < (2, 33):
+        pytest.skip("mallinfo2 needs glibc >= 2.33")
+    out = subprocess.run([sys.executable, "-c", _MALLOC_PROBE], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "True", "0"]
 
 
 def test_setup_changes_no_allocator_setting_unless_asked(monkeypatch):

@@ -118,11 +118,38 @@ def test_rascal_without_the_score_term_is_rolr():
     assert_close(sbi.rascal_loss(net, batch, alpha=0.0), sbi.rolr_loss(net, batch))
 
 
-def test_log_ratio_and_score_is_the_theta_derivative():
-    x = torch.randn(20, 1, dtype=torch.float64)
-    theta = torch.rand(20, 1, dtype=torch.float64)
-    log_r, score = sbi.log_ratio_and_score(Fixed(lambda x, t: torch.sin(t) * x), x, theta)
-    assert_close(score, (torch.cos(theta) * x)[:, 0])
+class ExactLogRatio(nn.Module):
+    """The decay simulator's exact log p(x|theta) - log p(x|theta_ref), times a trainable weight w = 1."""
+
+    def __init__(self, sim, theta_ref):
+        super().__init__()
+        self.sim, self.theta_ref = sim, theta_ref
+        self.w = nn.Parameter(torch.ones((), dtype=torch.float64))
+
+    def forward(self, x, theta):
+        return self.w * (self.sim.log_prob(x, theta[:, 0]) - self.sim.log_prob(x, self.theta_ref))
+
+
+def test_log_ratio_and_score_of_the_exact_ratio_match_the_latent_averages():
+    """For the exact log ratio, log_ratio_and_score returns log r(x|theta) = log E[r(x, z)] over
+    p(z|x, theta_ref) and the score d/dtheta log p(x|theta) = E[t(x, z|theta)] over p(z|x, theta)
+    (eq-sbi-unbiased), both computed from the simulator's latent; the score keeps its graph, so
+    its gradient in the weight w is the score itself (log r is linear in w, w = 1)."""
+    sim, theta_ref = simulators.SmearedExponential(sigma=0.5), 1.0
+    cases = [(1.4, 3.0), (1.4, 0.3), (0.7, 3.0), (0.7, 0.3)]
+    x = torch.tensor([[xi] for _, xi in cases], dtype=torch.float64)
+    theta = torch.tensor([[th] for th, _ in cases], dtype=torch.float64)
+    net = ExactLogRatio(sim, theta_ref)
+    log_r, score = sbi.log_ratio_and_score(net, x, theta)
+    for i, (th, xi) in enumerate(cases):
+        z_ref, z_theta = posterior_latents(sim, xi, theta_ref), posterior_latents(sim, xi, th)
+        expected_log_r = sim.joint_log_ratio(z_ref, th, theta_ref).exp().mean().log()
+        expected_score = sim.joint_score(z_theta, th).mean()
+        assert math.isclose(float(log_r[i].detach()), float(expected_log_r), abs_tol=1e-5)
+        assert math.isclose(float(score[i].detach()), float(expected_score), abs_tol=1e-5)
+    assert float(score.detach().abs().min()) > 0.1 and float(log_r.detach().abs().min()) > 0.1  # not trivially 0
+    (dw,) = torch.autograd.grad(score.sum(), net.w)
+    assert_close(dw, score.detach().sum())
 
 
 def test_sally_loss_is_the_mean_squared_score_error():

@@ -82,3 +82,38 @@ def test_fit_is_train_with_fused_adam_its_schedule_and_the_same_batches():
     torch.testing.assert_close(by_fit.w, by_train.w)
     assert result.settings["schedule"] == "cosine"
     assert not torch.equal(by_fit.w.detach(), torch.tensor([3.0, -1.0], dtype=torch.float64))
+
+
+def test_train_steps_the_scheduler_once_per_step():
+    """SGD on loss = w (gradient 1) with lr 0.1 halved after every step: step k runs at 0.1 / 2^k,
+    and after 4 steps w = -0.1 (1 + 1/2 + 1/4 + 1/8) = -0.1875."""
+    w = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+    model = torch.nn.Module()
+    model.w = w
+    opt = torch.optim.SGD([w], lr=0.1)
+    seen = []
+
+    def loss_fn(m, batch):
+        seen.append(opt.param_groups[0]["lr"])
+        return m.w * batch
+
+    train.train(model, loss_fn, opt, torch.ones((), dtype=torch.float64), 4,
+                scheduler=torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.5), progress=False)
+    assert seen == [0.1, 0.05, 0.025, 0.0125]
+    torch.testing.assert_close(w.detach(), torch.tensor(-0.1875, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("clip, step", [(0.5, 0.1), (2.5, 0.5), (10.0, 1.0), (None, 1.0)])
+def test_train_clips_the_joint_gradient_norm(clip, step):
+    """loss = 3 a + 4 b has the gradient (3, 4) of norm 5 over the two parameters together: one SGD
+    step at lr 1 moves (a, b) by -(3, 4) scaled to norm min(5, clip), i.e. by a factor min(1, clip/5)."""
+    model = torch.nn.Module()
+    model.a = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+    model.b = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    train.train(model, lambda m, _: 3 * m.a + 4 * m.b, opt, torch.zeros(1), 1, clip_grad=clip,
+                progress=False)
+    moved = torch.stack([model.a.detach(), model.b.detach()])
+    # clip_grad_norm_ scales by clip / (norm + 1e-6): a relative error of 2e-7
+    torch.testing.assert_close(moved, -step * torch.tensor([3.0, 4.0], dtype=torch.float64),
+                               rtol=1e-6, atol=0)
