@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .nn import _random
 
-__all__ = ["GridPosterior", "grid_posterior", "hpd_levels", "expected_coverage",
+__all__ = ["GridPosterior", "grid_posterior", "hpd_levels", "coverage", "expected_coverage",
            "coverage_log_probs", "binomial_band"]
 
 
@@ -28,12 +28,16 @@ class GridPosterior:
     r"""A posterior tabulated on a regular grid: ``points`` ``(G, d)``, ``log_prob`` ``(G,)``.
 
     ``log_prob`` is the normalised log density at the cell centres, :math:`\sum_g e^{\log p_g}\,
-    \Delta = 1` with ``cell`` :math:`\Delta` the cell volume; ``lows``, ``steps`` and ``sizes``
-    ``(d,)`` locate a point's cell. Sampling draws a cell by its mass, then a uniform point in it.
+    \Delta = 1` with ``cell`` :math:`\Delta` the cell volume; ``log_z`` is the log normaliser
+    :math:`\log \sum_g \tilde p_g \Delta` of the unnormalised log joint :math:`\log\tilde p`
+    (the log evidence :math:`\log p(x)`), so the exact log posterior at any point is
+    :math:`\log\tilde p(\theta) - \log Z`. ``lows``, ``steps`` and ``sizes`` ``(d,)`` locate a
+    point's cell. Sampling draws a cell by its mass, then a uniform point in it.
     """
 
     points: Tensor
     log_prob: Tensor
+    log_z: Tensor
     lows: Tensor
     steps: Tensor
     sizes: Tensor
@@ -89,8 +93,8 @@ def grid_posterior(log_joint: Callable[[Tensor], Tensor], bounds: Sequence[tuple
     if log_p.shape != (len(points),):
         raise ValueError(f"log_joint must map ({len(points)}, {len(axes)}) to ({len(points)},), "
                          f"got {tuple(log_p.shape)}")
-    log_p = log_p - torch.logsumexp(log_p, 0) - steps.prod().log()
-    return GridPosterior(points, log_p, lows, steps, torch.full((len(axes),), n))
+    log_z = torch.logsumexp(log_p, 0) + steps.prod().log()
+    return GridPosterior(points, log_p - log_z, log_z, lows, steps, torch.full((len(axes),), n))
 
 
 def hpd_levels(log_q_true: Tensor, log_q_samples: Tensor) -> Tensor:
@@ -109,21 +113,32 @@ def hpd_levels(log_q_true: Tensor, log_q_samples: Tensor) -> Tensor:
     return (log_q_samples > log_q_true[:, None]).to(log_q_samples.dtype).mean(1)
 
 
-def expected_coverage(log_q_true: Tensor, log_q_samples: Tensor,
-                      levels: Sequence[float] | Tensor) -> Tensor:
-    r"""Empirical expected coverage of the HPD regions at each credibility level (book :eq:`eq-npe-coverage`).
+def coverage(gamma: Tensor, levels: Sequence[float] | Tensor) -> Tensor:
+    r"""Fraction of HPD levels :math:`\gamma_j` ``(M,)`` below each nominal level ``(L,)`` (book :eq:`eq-npe-coverage`).
 
-    .. math:: \widehat{\mathrm{cov}}(1 - \alpha) = \frac1M \sum_{j=1}^M \mathbf 1\big[\hat\gamma_j < 1 - \alpha\big],
+    .. math:: \widehat{\mathrm{cov}}(1 - \alpha) = \frac1M \sum_{j=1}^M \mathbf 1\big[\gamma_j < 1 - \alpha\big];
 
-    with :math:`\hat\gamma_j` from :func:`hpd_levels` (``log_q_true`` ``(M,)``, ``log_q_samples``
-    ``(M, N)``). ``levels`` ``(L,)`` are the nominal levels :math:`1 - \alpha \in (0, 1)`; returns the
-    coverage ``(L,)``. Calibrated: equal to ``levels``; below it: overconfident; above: conservative.
+    ``levels`` are the nominal levels :math:`1 - \alpha \in (0, 1)`; returns ``(L,)`` in ``gamma``'s dtype.
     """
-    gamma = hpd_levels(log_q_true, log_q_samples)  # (M,)
+    if gamma.dim() != 1:
+        raise ValueError(f"gamma must be (M,), got {tuple(gamma.shape)}")
     levels = torch.as_tensor(levels, dtype=gamma.dtype, device=gamma.device).reshape(-1)  # (L,)
     if not ((levels > 0) & (levels < 1)).all():
         raise ValueError(f"levels must lie in (0, 1), got {levels.tolist()}")
     return (gamma[None, :] < levels[:, None]).to(gamma.dtype).mean(1)
+
+
+def expected_coverage(log_q_true: Tensor, log_q_samples: Tensor,
+                      levels: Sequence[float] | Tensor) -> Tensor:
+    r"""Empirical expected coverage of the HPD regions of :math:`q` at each level (book :eq:`eq-npe-coverage`).
+
+    .. math:: \widehat{\mathrm{cov}}(1 - \alpha) = \frac1M \sum_{j=1}^M \mathbf 1\big[\hat\gamma_j < 1 - \alpha\big],
+
+    :func:`coverage` of the levels :math:`\hat\gamma_j` of :func:`hpd_levels` (``log_q_true``
+    ``(M,)``, ``log_q_samples`` ``(M, N)``), at the nominal ``levels`` ``(L,)`` in :math:`(0, 1)`;
+    returns ``(L,)``. Calibrated: equal to ``levels``; below: overconfident; above: conservative.
+    """
+    return coverage(hpd_levels(log_q_true, log_q_samples), levels)
 
 
 @torch.no_grad()

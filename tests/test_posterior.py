@@ -54,6 +54,7 @@ def test_hpd_levels_count_denser_samples():
     log_samples = torch.tensor([[1.0, -1.0, 2.0, 0.0], [-3.0, -2.0, -1.5, -4.0]])
     assert_close(posterior.hpd_levels(log_true, log_samples), torch.tensor([0.5, 0.0]))
     assert_close(posterior.expected_coverage(log_true, log_samples, [0.25, 0.75]), torch.tensor([0.5, 1.0]))
+    assert_close(posterior.coverage(torch.tensor([0.1, 0.6, 0.9]), [0.5, 0.95]), torch.tensor([1 / 3, 1.0]))
 
 
 def test_a_conditional_flow_is_calibrated_against_its_own_samples():
@@ -84,6 +85,7 @@ def _gaussian_grid(n: int = 201) -> posterior.GridPosterior:
 def test_grid_posterior_is_normalised_and_samples_its_moments():
     grid = _gaussian_grid()
     assert_close((grid.log_prob.exp() * grid.cell).sum(), torch.tensor(1.0, dtype=torch.float64))
+    assert_close(grid.log_z, torch.tensor(math.log(2 * math.pi * 0.5 * 0.3) + 7.0, dtype=torch.float64))
     exact = torch.distributions.Normal(torch.tensor([1.0, -0.5]), torch.tensor([0.5, 0.3]))
     assert_close(grid.log_prob, exact.log_prob(grid.points.float()).sum(-1).double(), atol=1e-4, rtol=0)
     draws = grid.sample(100_000, torch.Generator().manual_seed(0))  # (n, 2)
@@ -115,6 +117,8 @@ def test_bad_inputs_raise_clear_errors():
         posterior.hpd_levels(torch.zeros(3), torch.zeros(4, 5))
     with pytest.raises(ValueError, match=r"levels must lie in \(0, 1\)"):
         posterior.expected_coverage(torch.zeros(3), torch.zeros(3, 5), [0.5, 1.0])
+    with pytest.raises(ValueError, match=r"gamma must be \(M,\)"):
+        posterior.coverage(torch.zeros(3, 1), [0.5])
     with pytest.raises(ValueError, match="high > low"):
         posterior.grid_posterior(lambda t: t.sum(-1), [(0.0, 1.0), (2.0, 2.0)])
     with pytest.raises(ValueError, match=r"log_joint must map \(9, 2\) to \(9,\)"):
