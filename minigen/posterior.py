@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from .flows import ConditionalFlow
 from .nn import _random
 
 __all__ = ["GridPosterior", "grid_posterior", "hpd_levels", "coverage", "expected_coverage",
@@ -142,7 +143,7 @@ def expected_coverage(log_q_true: Tensor, log_q_samples: Tensor,
 
 
 @torch.no_grad()
-def coverage_log_probs(flow, theta_true: Tensor, x: Tensor, n_samples: int = 500,
+def coverage_log_probs(flow: ConditionalFlow, theta_true: Tensor, x: Tensor, n_samples: int = 500,
                        generator: torch.Generator | None = None,
                        chunk: int = 100_000) -> tuple[Tensor, Tensor]:
     r"""The inputs of :func:`expected_coverage` for a conditional flow :math:`q(\theta\mid x)`.
