@@ -33,6 +33,11 @@ __all__ = [
     "nll_loss",
     "monotone_flow",
     "coupling_flow",
+    "ConditionalTransform",
+    "ConditionalAffine",
+    "ConditionalAffineCoupling",
+    "ConditionalFlow",
+    "conditional_coupling_flow",
 ]
 
 
@@ -276,3 +281,203 @@ def coupling_flow(dim: int = 2, n_layers: int = 12, hidden: int = 64, depth: int
     for layer in range(n_layers):
         transforms.append(AffineCoupling((torch.arange(dim) + layer) % 2, hidden, depth))
     return Flow(transforms, StandardNormal(dim), COUPLING_RECIPE)
+
+
+# Conditional flows: q(x | c) for a context c (an observation, when x is a parameter theta)
+
+
+def _context(context: Tensor, n: int, k: int, like: Tensor) -> Tensor:
+    """``context`` ``(k,)`` broadcast to ``(n, k)``, or ``(n, k)`` checked; in ``like``'s dtype and device."""
+    if not isinstance(context, Tensor):
+        raise TypeError(f"context must be a tensor (k,) or (n, k), got {type(context).__name__}")
+    if context.dim() == 1 and context.shape[0] == k:
+        context = context.expand(n, k)
+    if context.dim() != 2 or context.shape != (n, k):
+        raise ValueError(f"context must have shape ({k},) or ({n}, {k}), got {tuple(context.shape)}")
+    return context.to(like)
+
+
+class ConditionalTransform(nn.Module):
+    """An invertible map of ``x`` ``(n, d)`` given a context ``c`` ``(n, k)``; it also returns its
+    log-determinant ``(n,)``. The map is invertible in ``x`` for every fixed ``c``."""
+
+    def forward(self, x: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        """``(x, c) -> (z, log|det dz/dx|)``."""
+        raise NotImplementedError
+
+    def inverse(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        """``(z, c) -> (x, log|det dx/dz|)``."""
+        raise NotImplementedError
+
+
+class ConditionalAffine(ConditionalTransform):
+    r"""Elementwise :math:`z = (x - b(c))\, e^{-a(c)}` with :math:`(a, b)` an MLP of the context.
+
+    Log-det :math:`-\sum_i a_i(c)`. It puts a conditional flow at the right place and scale for
+    each context before the couplings shape it (book :eq:`eq-npe-conditional-flow`). Shapes:
+    ``x`` ``(n, d)``, ``c`` ``(n, k)``. The last layer starts at zero weight, so at initialisation
+    :math:`a, b` are the constants of its bias (set from data by :meth:`ConditionalFlow.prepare`).
+    """
+
+    def __init__(self, dim: int, context_dim: int, hidden: int = 64, depth: int = 2):
+        super().__init__()
+        self.dim, self.context_dim = dim, context_dim
+        self.net = mlp(context_dim, 2 * dim, hidden, depth)
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def _a_b(self, x: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        _check(x, self.dim)
+        a, b = self.net(_context(context, len(x), self.context_dim, x)).chunk(2, dim=-1)  # (n, d)
+        return a, b
+
+    def forward(self, x: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        a, b = self._a_b(x, context)
+        return (x - b) * (-a).exp(), -a.sum(-1)
+
+    def inverse(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        a, b = self._a_b(z, context)
+        return z * a.exp() + b, a.sum(-1)
+
+
+class ConditionalAffineCoupling(ConditionalTransform):
+    r"""Coupling :math:`z = m\odot x + (1 - m)\odot\big(x\, e^{s(m\odot x,\, c)} + t(m\odot x,\, c)\big)`.
+
+    :class:`AffineCoupling` whose scale and shift networks also read the context :math:`c`
+    ``(n, k)``; for each fixed :math:`c` the Jacobian in :math:`x` is triangular, so
+    :math:`\log|\det| = \sum_i (1 - m_i)\, s_i(m\odot x, c)` (book :eq:`eq-npe-conditional-flow`).
+    :math:`s = s_{\max}\tanh(\cdot)`; the last layer starts at zero (identity at initialisation).
+    """
+
+    def __init__(self, mask: Sequence[float] | Tensor, context_dim: int, hidden: int = 64,
+                 depth: int = 2, s_max: float = 2.0):
+        super().__init__()
+        mask = torch.as_tensor(mask, dtype=torch.float32)
+        if mask.dim() != 1 or not ((mask == 0) | (mask == 1)).all() or mask.all() or not mask.any():
+            raise ValueError(f"mask must be a 1D 0/1 vector with both values, got {mask.tolist()}")
+        if context_dim < 1:
+            raise ValueError(f"context_dim must be >= 1, got {context_dim}")
+        self.register_buffer("mask", mask)
+        self.context_dim, self.s_max = context_dim, s_max
+        self.net = mlp(len(mask) + context_dim, 2 * len(mask), hidden, depth)
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def _s_t(self, x: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        m = self.mask.to(x)
+        c = _context(context, len(x), self.context_dim, x)  # (n, k)
+        s, t = self.net(torch.cat([x * m, c], dim=-1)).chunk(2, dim=-1)  # (n, d) each
+        return self.s_max * torch.tanh(s / self.s_max) * (1 - m), t * (1 - m)
+
+    def forward(self, x: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        s, t = self._s_t(_check(x, len(self.mask)), context)
+        return x * s.exp() + t, s.sum(-1)
+
+    def inverse(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        s, t = self._s_t(_check(z, len(self.mask), "z"), context)  # m * z = m * x: same s, t
+        return (z - t) * (-s).exp(), -s.sum(-1)
+
+
+class ConditionalFlow(ConditionalTransform, Model):
+    r"""A conditional density :math:`q(x \mid c)`: conditional transforms, then :math:`\mathcal N(0, I)`.
+
+    :math:`\log q(x\mid c) = \log \mathcal N(f(x; c); 0, I) + \log|\det \partial_x f(x; c)|`
+    (book :eq:`eq-npe-conditional-flow`), ``x`` ``(n, d)``, ``c`` ``(n, k)`` or ``(k,)``. The
+    context is standardised by buffers ``context_loc``, ``context_scale`` ``(k,)`` that
+    :meth:`prepare` sets from the first training batch. A :class:`minigen.train.Model` whose batch
+    is a pair ``(x, c)`` (or a dict with keys ``"x"``, ``"context"``): :func:`minigen.train.fit`
+    trains it on a tuple of tensors ``(x, c)`` with rows drawn jointly, minimising
+    :math:`-\frac1B\sum_i \log q(x_i\mid c_i)` (book :eq:`eq-npe-loss` when :math:`x = \theta`).
+    """
+
+    def __init__(self, transforms: Sequence[ConditionalTransform], base: StandardNormal,
+                 context_dim: int, recipe: dict | None = None):
+        super().__init__()
+        if len(transforms) == 0:
+            raise ValueError("a flow needs at least one transform")
+        if context_dim < 1:
+            raise ValueError(f"context_dim must be >= 1, got {context_dim}")
+        self.transforms = nn.ModuleList(transforms)
+        self.base, self.dim, self.context_dim = base, base.dim, context_dim
+        self.register_buffer("context_loc", torch.zeros(context_dim))
+        self.register_buffer("context_scale", torch.ones(context_dim))
+        self.register_buffer("prepared", torch.tensor(False))
+        self.recipe = dict(recipe or {})
+
+    def _c(self, context: Tensor, n: int, like: Tensor) -> Tensor:
+        c = _context(context, n, self.context_dim, like)  # (n, k)
+        return (c - self.context_loc.to(c)) / self.context_scale.to(c)
+
+    def forward(self, x: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        c, logdet = self._c(context, len(x), x), x.new_zeros(x.shape[0])
+        for tr in self.transforms:
+            x, ld = tr(x, c)
+            logdet = logdet + ld
+        return x, logdet
+
+    def inverse(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        c, logdet = self._c(context, len(z), z), z.new_zeros(z.shape[0])
+        for tr in reversed(self.transforms):
+            z, ld = tr.inverse(z, c)
+            logdet = logdet + ld
+        return z, logdet
+
+    def log_prob(self, x: Tensor, context: Tensor) -> Tensor:
+        r""":math:`\log q(x\mid c)`: ``x`` ``(n, d)``, ``context`` ``(n, k)`` or ``(k,)``; returns ``(n,)``."""
+        z, logdet = self(_check(x, self.dim), context)
+        return self.base.log_prob(z) + logdet
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None, *,
+               context: Tensor) -> Tensor:
+        """``(n, d)`` draws of :math:`q(x\\mid c)`: one context ``(k,)`` for all ``n`` draws, or one
+        context per draw ``(n, k)``; in the parameters' dtype and on their device."""
+        z = _random(torch.randn, (n, self.dim), self._like(), generator)
+        return self.inverse(z, context)[0]
+
+    def _pair(self, batch: tuple[Tensor, Tensor] | dict) -> tuple[Tensor, Tensor]:
+        x, c = (batch["x"], batch["context"]) if isinstance(batch, dict) else batch
+        self._check_batch(x, "batch x")
+        if not isinstance(c, Tensor) or c.shape != (len(x), self.context_dim):
+            shape = tuple(c.shape) if isinstance(c, Tensor) else type(c).__name__
+            raise ValueError(f"batch context must have shape ({len(x)}, {self.context_dim}), got {shape}")
+        return x, c
+
+    def loss(self, batch: tuple[Tensor, Tensor] | dict) -> Tensor:
+        r"""Conditional negative log-likelihood :math:`-\frac1B\sum_i \log q(x_i\mid c_i)` of a batch
+        ``(x, c)``, ``x`` ``(B, d)``, ``c`` ``(B, k)`` (a tuple, or a dict with keys ``"x"``, ``"context"``)."""
+        x, c = self._pair(batch)
+        return -self.log_prob(x, c).mean()
+
+    @torch.no_grad()
+    def prepare(self, batch: tuple[Tensor, Tensor] | dict) -> None:
+        """Standardise the context by the first batch's mean and standard deviation; start a leading
+        :class:`ConditionalAffine` at the batch's mean and log standard deviation of ``x``. Only at
+        the first :func:`minigen.train.fit` (``prepared``): a second fit continues the training."""
+        x, c = self._pair(batch)
+        if bool(self.prepared) or len(x) < 2:
+            return
+        self.prepared.fill_(True)
+        self.context_loc.copy_(c.mean(0))
+        self.context_scale.copy_(c.std(0).clamp_min(1e-8))
+        first = self.transforms[0]
+        if isinstance(first, ConditionalAffine):
+            bias = first.net[-1].bias
+            bias.copy_(torch.cat([x.std(0).clamp_min(1e-8).log(), x.mean(0)]).to(bias))
+
+
+CONDITIONAL_RECIPE = dict(n_steps=2_000, batch_size=256, lr=3e-3, schedule="cosine", clip_grad=1.0)
+
+
+def conditional_coupling_flow(dim: int, context_dim: int, n_layers: int = 6, hidden: int = 64,
+                              depth: int = 2) -> ConditionalFlow:
+    r"""A conditional flow :math:`q(x\mid c)`, ``x`` ``(n, dim)``, ``c`` ``(n, context_dim)``: a
+    :class:`ConditionalAffine`, then ``n_layers`` :class:`ConditionalAffineCoupling` with
+    alternating masks (book :eq:`eq-npe-conditional-flow`; chapter 10b's recipe)."""
+    if dim < 2:
+        raise ValueError(f"coupling needs dim >= 2, got {dim}")
+    transforms: list[ConditionalTransform] = [ConditionalAffine(dim, context_dim, hidden, depth)]
+    for layer in range(n_layers):
+        mask = (torch.arange(dim) + layer) % 2
+        transforms.append(ConditionalAffineCoupling(mask, context_dim, hidden, depth))
+    return ConditionalFlow(transforms, StandardNormal(dim), context_dim, CONDITIONAL_RECIPE)

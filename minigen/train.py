@@ -111,9 +111,13 @@ class FitResult:
 
 
 def _batches(data: Any, batch_size: int, like: Tensor,
-             generator: torch.Generator | None) -> Callable[[], Tensor]:
-    """``data`` as a batch source: a tensor ``(N, d)`` (rows drawn with replacement), an object with
-    ``sample(n, generator)`` (a target of :mod:`minigen.data`), or a function ``n -> (n, d)``."""
+             generator: torch.Generator | None) -> Callable[[], Tensor | tuple[Tensor, ...]]:
+    """``data`` as a batch source: a tensor ``(N, d)`` (rows drawn with replacement), a tuple of
+    tensors ``(N, d_1), (N, d_2), ...`` (the same rows of each drawn jointly, e.g. pairs
+    ``(theta, x)``), an object with ``sample(n, generator)`` (a target of :mod:`minigen.data`), or a
+    function ``n -> (n, d)``."""
+    if isinstance(data, tuple) and data and all(isinstance(t, Tensor) for t in data):
+        return _joint_batches(data, batch_size, like, generator)
     if isinstance(data, Tensor):
         if data.dim() != 2 or data.shape[0] == 0:
             raise ValueError(f"a data tensor must be (N, d) with N >= 1, got {tuple(data.shape)}")
@@ -126,8 +130,28 @@ def _batches(data: Any, batch_size: int, like: Tensor,
         return lambda: data.sample(batch_size, generator).to(like)
     if callable(data):
         return lambda: data(batch_size).to(like)
-    raise TypeError("data must be a tensor (N, d), a target with .sample(n, generator), or a "
-                    f"function n -> (n, d); got {type(data).__name__}")
+    raise TypeError("data must be a tensor (N, d), a tuple of tensors (N, d_i), a target with "
+                    f".sample(n, generator), or a function n -> (n, d); got {type(data).__name__}")
+
+
+def _joint_batches(data: tuple[Tensor, ...], batch_size: int, like: Tensor,
+                   generator: torch.Generator | None) -> Callable[[], tuple[Tensor, ...]]:
+    """Batches of a tuple of tensors with equal first dimension ``N``: one set of row indices
+    (drawn with replacement) per batch, applied to every tensor, so paired rows stay paired."""
+    for i, t in enumerate(data):
+        if t.dim() != 2 or t.shape[0] == 0:
+            raise ValueError(f"data[{i}] must be (N, d) with N >= 1, got {tuple(t.shape)}")
+        if t.shape[0] != data[0].shape[0]:
+            raise ValueError(f"the data tensors must have equal length, got "
+                             f"{[t.shape[0] for t in data]}")
+        if not torch.isfinite(t).all():
+            raise ValueError(f"data[{i}] holds {int((~torch.isfinite(t)).sum())} non-finite values")
+    where = generator.device if generator is not None else data[0].device
+
+    def draw() -> tuple[Tensor, ...]:
+        idx = torch.randint(0, len(data[0]), (batch_size,), generator=generator, device=where)
+        return tuple(t[idx.to(t.device)].to(like) for t in data)
+    return draw
 
 
 def _schedule(name: str | Callable, opt: torch.optim.Optimizer, n_steps: int, lr: float):
@@ -152,7 +176,9 @@ def fit(model: Model, data: Any, n_steps: int | None = None, *, batch_size: int 
 
     Args:
         data: a target with ``sample(n, generator)``, a tensor ``(N, d)`` of training points
-            (minibatches drawn with replacement), or a function ``n -> (n, d)``.
+            (minibatches drawn with replacement), a tuple of tensors ``(N, d_i)`` whose rows are
+            drawn jointly (the model's ``loss`` then receives a tuple, e.g. ``(theta, x)`` pairs
+            for a conditional flow), or a function ``n -> (n, d)``.
         lr: one learning rate, or one per player (``{"generator": ..., "critic": ...}``).
         schedule: ``"constant"``, ``"cosine"`` (decay to 0), ``"one-cycle"``, or a function
             ``(optimizer, n_steps) -> scheduler``.

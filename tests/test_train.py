@@ -117,3 +117,40 @@ def test_train_clips_the_joint_gradient_norm(clip, step):
     # clip_grad_norm_ scales by clip / (norm + 1e-6): a relative error of 2e-7
     torch.testing.assert_close(moved, -step * torch.tensor([3.0, 4.0], dtype=torch.float64),
                                rtol=1e-6, atol=0)
+
+class _Pairs(train.Model):
+    """Records the batches fit hands it; its loss reads a pair (theta, x)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dim, self.recipe, self.seen = 1, {}, []
+        self.w = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+
+    def loss(self, batch):
+        theta, x = batch
+        self.seen.append((theta.clone(), x.clone()))
+        return ((theta + x - self.w) ** 2).mean()
+
+
+def test_fit_draws_the_rows_of_a_tuple_of_tensors_jointly():
+    theta = torch.arange(50, dtype=torch.float64)[:, None]  # (50, 1)
+    x = 10 * theta  # (50, 1): row i is 10 i
+    model = _Pairs()
+    train.fit(model, (theta, x), 4, batch_size=16, lr=0.1,
+              generator=torch.Generator().manual_seed(0), progress=False)
+    assert len(model.seen) == 4
+    rows = torch.cat([t for t, _ in model.seen])[:, 0]
+    assert len(rows.unique()) > 16  # different rows per step, drawn with replacement from all 50
+    for t, xb in model.seen:
+        assert t.shape == (16, 1) and xb.shape == (16, 1)
+        torch.testing.assert_close(xb, 10 * t)  # the pairs stay paired
+
+
+def test_fit_rejects_a_tuple_of_unequal_or_non_finite_tensors():
+    with pytest.raises(ValueError, match=r"equal length, got \[5, 4\]"):
+        train.fit(_Pairs(), (torch.zeros(5, 1), torch.zeros(4, 1)), 1, progress=False)
+    with pytest.raises(ValueError, match=r"data\[1\] holds 1 non-finite"):
+        train.fit(_Pairs(), (torch.zeros(5, 1), torch.tensor([[0.0]] * 4 + [[float("nan")]])), 1,
+                  progress=False)
+    with pytest.raises(ValueError, match=r"data\[0\] must be \(N, d\)"):
+        train.fit(_Pairs(), (torch.zeros(5), torch.zeros(5, 1)), 1, progress=False)
