@@ -29,6 +29,8 @@ __all__ = [
     "gaussian_kernel",
     "laplace_kernel",
     "energy_kernel",
+    "imq_kernel",
+    "gaussian_blur",
     "kernel_product",
     "mmd2",
     "kernel_field",
@@ -120,6 +122,34 @@ def energy_kernel(x: Tensor, y: Tensor) -> Tensor:
     x, y = _pair(x, y)
     sq = (x[:, None, :] - y[None, :, :]).pow(2).sum(-1)  # (n, m)
     return -(sq + 1e-24).sqrt()
+
+
+def imq_kernel(x: Tensor, y: Tensor, bandwidth: float = 1.0) -> Tensor:
+    r"""Inverse multiquadric :math:`k(x, y) = (1 + \|x - y\|^2/\sigma^2)^{-1/2}`; ``(n, d), (m, d) -> (n, m)``.
+
+    Positive definite and characteristic, with a heavy tail: :math:`k \sim \sigma/\|x - y\|`, so
+    its pull decays like :math:`\sigma/r^2` instead of exponentially (book :eq:`eq-mmd-kernel-shapes`).
+    """
+    x, y = _pair(x, y)
+    (sigma,) = _scales(bandwidth)
+    return (1 + torch.cdist(x, y).pow(2) / sigma**2).rsqrt()
+
+
+def gaussian_blur(points: Tensor, x: Tensor, bandwidth: float = 1.0, mu: Tensor | None = None) -> Tensor:
+    r"""The measure :math:`\mu = \sum_i \mu_i \delta_{x_i}` blurred by the square root of the Gaussian kernel.
+
+    :math:`(g \star \mu)(p) = \sum_i \mu_i\, g(p - x_i)` with
+    :math:`g = (2\pi\sigma^2)^{d/4}\, \mathcal N(0, \tfrac{\sigma^2}{2} I)`, the function whose
+    autocorrelation :math:`g \star g` is the Gaussian kernel of bandwidth :math:`\sigma`, so that
+    :math:`\langle\mu,\nu\rangle_k = \langle g\star\mu, g\star\nu\rangle_{L^2}` and
+    :math:`\mathrm{MMD}_k(\mu, \nu) = \|g\star\mu - g\star\nu\|_{L^2}` (book :eq:`eq-mmd-blur`).
+    ``points`` ``(P, d)``, ``x`` ``(n, d)``, ``mu`` ``(n,)`` (uniform when ``None``); returns ``(P,)``.
+    """
+    points, x = _pair(points, x)
+    (sigma,) = _scales(bandwidth)
+    d = x.shape[1]
+    log_g = -torch.cdist(points, x).pow(2) / sigma**2 - d / 4 * math.log(math.pi * sigma**2 / 2)  # (P, n)
+    return log_g.exp() @ _weights(mu, x, "mu")
 
 
 def kernel_product(x: Tensor, y: Tensor, kernel: Kernel | None = None, mu: Tensor | None = None,

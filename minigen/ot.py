@@ -349,31 +349,72 @@ def sinkhorn_log(a: Tensor, b: Tensor, M: Tensor, eps: float, n_iter: int = 1000
     return log_P.exp(), f, g
 
 
-def entropic_ot(a: Tensor, b: Tensor, M: Tensor, eps: float, n_iter: int = 1000) -> Tensor:
+def entropic_ot(a: Tensor, b: Tensor, M: Tensor, eps: float, n_iter: int = 1000,
+                tol: float = 0.0) -> Tensor:
     r"""Regularised cost :math:`\operatorname{OT}_\varepsilon(a, b) = \langle a, f \rangle + \langle b, g \rangle` (:eq:`eq-ot-entropic-dual`).
 
     At convergence this equals :math:`\langle P, M\rangle + \varepsilon \KL(P \,\|\, a b^\top)`.
+    ``a`` ``(n,)``, ``b`` ``(m,)`` on the simplex, ``M`` ``(n, m)``; returns a 0-d tensor.
+
+    Differentiable by the envelope theorem (:eq:`eq-ot-envelope`): the potentials are found without
+    autograd (:func:`sinkhorn_log`, ``n_iter`` iterations or until the row-marginal error is below
+    ``tol``), then ``f`` is recomputed once from ``g`` with autograd on, so that
+    :math:`\partial/\partial M = P`, :math:`\partial/\partial a = f` and
+    :math:`\partial/\partial b = g - \varepsilon` (the constants do not matter on the simplex).
+    The backward pass costs one iteration instead of ``n_iter``.
     """
-    _, f, g = sinkhorn_log(a, b, M, eps, n_iter)
+    with torch.no_grad():
+        _, _, g = sinkhorn_log(a.detach(), b.detach(), M.detach(), eps, n_iter, tol)
+    f = -eps * torch.logsumexp(b.log()[None, :] + (g[None, :] - M) / eps, dim=1)  # (n,)
     return (a * f).sum() + (b * g).sum()
 
 
-def sinkhorn_divergence(x: Tensor, y: Tensor, eps: float, n_iter: int = 1000) -> Tensor:
+def sinkhorn_divergence(x: Tensor, y: Tensor, eps: float, n_iter: int = 1000, *,
+                        a: Tensor | None = None, b: Tensor | None = None, tol: float = 0.0) -> Tensor:
     r"""Debiased Sinkhorn divergence :math:`S_\varepsilon` (:eq:`eq-ot-sinkhorn-divergence`).
 
     :math:`S_\varepsilon = \operatorname{OT}_\varepsilon(\alpha, \beta)
     - \tfrac12 \operatorname{OT}_\varepsilon(\alpha, \alpha) - \tfrac12 \operatorname{OT}_\varepsilon(\beta, \beta)`
-    between the uniform empirical measures of ``x`` ``(n, d)`` and ``y`` ``(m, d)``; zero when
-    ``x`` and ``y`` hold the same points. Non-empty, finite points of one dtype; the weights are
-    created in that dtype on their device.
+    between :math:`\alpha = \sum_i a_i \delta_{x_i}` and :math:`\beta = \sum_j b_j \delta_{y_j}`,
+    ``x`` ``(n, d)``, ``y`` ``(m, d)``, weights ``a`` ``(n,)``, ``b`` ``(m,)`` on the simplex
+    (uniform when ``None``); zero when the two measures are equal. Differentiable in the points
+    and the weights (:func:`entropic_ot`). Non-empty, finite points of one dtype; uniform weights
+    are created in that dtype on their device.
     """
     cost_matrix(x[:0], y[:0])  # shapes and dtypes
     for name, z in (("x", x), ("y", y)):
         if len(z) == 0:
             raise ValueError(f"{name} is empty, shape {tuple(z.shape)}")
         _finite(z, name)
-    a, b = uniform(len(x), x.dtype, x.device), uniform(len(y), y.dtype, y.device)
-    xy = entropic_ot(a, b, cost_matrix(x, y), eps, n_iter)
-    xx = entropic_ot(a, a, cost_matrix(x, x), eps, n_iter)
-    yy = entropic_ot(b, b, cost_matrix(y, y), eps, n_iter)
+    a = uniform(len(x), x.dtype, x.device) if a is None else a
+    b = uniform(len(y), y.dtype, y.device) if b is None else b
+    for name, w, z in (("a", a, x), ("b", b, y)):
+        if w.shape != (len(z),):
+            raise ValueError(f"weights {name} must have shape ({len(z)},), one per point, got {tuple(w.shape)}")
+    xy = entropic_ot(a, b, cost_matrix(x, y), eps, n_iter, tol)
+    xx = _entropic_ot_self(a, cost_matrix(x, x), eps, n_iter, tol)
+    yy = _entropic_ot_self(b, cost_matrix(y, y), eps, n_iter, tol)
     return xy - 0.5 * (xx + yy)
+
+
+def _entropic_ot_self(a: Tensor, M: Tensor, eps: float, n_iter: int, tol: float) -> Tensor:
+    r""":math:`\operatorname{OT}_\varepsilon(a, a)` for a symmetric cost ``M`` ``(n, n)``, where ``f = g``.
+
+    The symmetric fixed point :math:`f = T(f)`, :math:`T(f)_i = -\varepsilon \log \sum_j a_j
+    e^{(f_j - M_{ij})/\varepsilon}`, is iterated with averaging, :math:`f \leftarrow (f + T(f))/2`,
+    which converges in tens of iterations where the alternating updates of :func:`sinkhorn_log`
+    oscillate for hundreds; the gradient is taken as in :func:`entropic_ot`.
+    """
+    _check_marginals(a.detach(), a.detach(), M.detach())
+    _check_eps(eps, n_iter)
+    log_a = a.detach().log()
+    T = lambda f, M, log_a: -eps * torch.logsumexp(log_a[None, :] + (f[None, :] - M) / eps, dim=1)  # (n,)
+    with torch.no_grad():
+        f = torch.zeros_like(log_a)
+        for k in range(n_iter):
+            f = 0.5 * (f + T(f, M.detach(), log_a))
+            if tol > 0 and k % 10 == 9:
+                log_P = log_a[:, None] + log_a[None, :] + (f[:, None] + f[None, :] - M.detach()) / eps
+                if float((log_P.exp().sum(1) - a.detach()).abs().sum()) < tol:
+                    break
+    return (a * T(f, M, a.log())).sum() + (a * f).sum()

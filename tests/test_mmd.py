@@ -22,6 +22,7 @@ KERNELS = {
     "gaussian-multiscale": functools.partial(mmd.gaussian_kernel, bandwidth=[0.1, 0.5, 2.0]),
     "laplace": functools.partial(mmd.laplace_kernel, bandwidth=0.7),
     "energy": mmd.energy_kernel,
+    "imq": functools.partial(mmd.imq_kernel, bandwidth=0.7),
 }
 
 
@@ -53,11 +54,12 @@ def test_kernel_closed_forms_and_multiscale_average():
     assert_close(mmd.gaussian_kernel(x, y, 0.8), torch.exp(-dist**2 / (2 * 0.8**2)))
     assert_close(mmd.laplace_kernel(x, y, 0.8), torch.exp(-dist / 0.8))
     assert_close(mmd.energy_kernel(x, y), -dist)
+    assert_close(mmd.imq_kernel(x, y, 0.8), 1 / torch.sqrt(1 + dist**2 / 0.8**2))
     multi = (mmd.gaussian_kernel(x, y, 0.3) + mmd.gaussian_kernel(x, y, 3.0)) / 2
     assert_close(mmd.gaussian_kernel(x, y, [0.3, 3.0]), multi)
 
 
-@pytest.mark.parametrize("name", ["gaussian", "gaussian-multiscale", "laplace"])
+@pytest.mark.parametrize("name", ["gaussian", "gaussian-multiscale", "laplace", "imq"])
 def test_gram_matrix_is_symmetric_positive_semidefinite_with_unit_diagonal(name):
     x = _sample(40, 2, 3)
     gram = KERNELS[name](x, x)
@@ -181,3 +183,22 @@ def test_curve_mixture_every_parameter_receives_a_gradient_through_both_divergen
             assert p.grad is not None and p.grad.abs().sum() > 0, name
     with pytest.raises(ValueError, match="0 < weight < 1"):
         mmd.CurveMixture(weight=1.0)
+
+
+@pytest.mark.parametrize("d", [1, 2])
+def test_gaussian_kernel_is_the_autocorrelation_of_the_blur_and_mmd_is_an_l2_distance(d):
+    sigma, h = 0.7, 0.05 if d == 1 else 0.08
+    axis = torch.arange(-8.0, 8.0 + h / 2, h, dtype=F64)
+    grid = torch.stack(torch.meshgrid(*[axis] * d, indexing="ij"), -1).reshape(-1, d)  # (G, d)
+    # k(z) = int g(z - p) g(p) dp, on a grid, at a few lags z
+    lags = _sample(5, d, 8)
+    g0 = mmd.gaussian_blur(grid, torch.zeros(1, d, dtype=F64), sigma)  # (G,)
+    conv = torch.stack([(mmd.gaussian_blur(grid, z[None], sigma) * g0).sum() * h**d for z in lags])
+    assert_close(conv, mmd.gaussian_kernel(lags, torch.zeros(1, d, dtype=F64), sigma)[:, 0], rtol=0, atol=1e-10)
+    # MMD^2 = || g * mu - g * nu ||^2_{L2}, weights included
+    x, y = _sample(7, d, 9), _sample(5, d, 10, shift=0.5)
+    mu = torch.rand(7, dtype=F64, generator=torch.Generator().manual_seed(11)) + 0.2
+    mu = mu / mu.sum()
+    diff = mmd.gaussian_blur(grid, x, sigma, mu) - mmd.gaussian_blur(grid, y, sigma)
+    k = functools.partial(mmd.gaussian_kernel, bandwidth=sigma)
+    assert_close((diff**2).sum() * h**d, mmd.mmd2(x, y, k, mu=mu), rtol=0, atol=1e-10)

@@ -183,7 +183,9 @@ def test_entropic_cost_is_plan_cost_plus_eps_kl_and_tends_to_emd2():
 
 def test_sinkhorn_divergence_is_zero_on_equal_clouds_symmetric_and_positive_otherwise():
     x, y, _, _ = clouds(n=10, m=10)
-    assert abs(float(ot.sinkhorn_divergence(x, x, 0.1))) < 1e-10
+    # zero at convergence: the cross term (alternating updates) and the self terms (averaged
+    # symmetric updates) are solved differently, so they cancel only once both have converged
+    assert abs(float(ot.sinkhorn_divergence(x, x, 1.0, 5000, tol=1e-14))) < 1e-12
     assert_close(ot.sinkhorn_divergence(x, y, 0.1), ot.sinkhorn_divergence(y, x, 0.1))
     assert float(ot.sinkhorn_divergence(x, y, 0.1)) > 0
 
@@ -241,3 +243,46 @@ def test_unmix_default_reaches_the_linear_program_optimum():
     w_lp, cost_lp = ot.unmix_lp(H, b, M)
     assert float(w.sum()) == pytest.approx(1.0, abs=1e-12) and bool((w >= 0).all())
     assert float(losses.min()) == pytest.approx(float(cost_lp), abs=1e-9)
+
+
+def test_entropic_ot_gradient_in_the_cost_is_the_plan_envelope_theorem():
+    x, y, a, b = clouds()
+    M = ot.cost_matrix(x, y).requires_grad_(True)
+    (grad_M,) = torch.autograd.grad(ot.entropic_ot(a, b, M, 0.2, 5000, tol=1e-14), M)
+    P, _, _ = ot.sinkhorn_log(a, b, M.detach(), 0.2, 5000, tol=1e-14)
+    assert_close(grad_M, P, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("eps", [1.0, 0.25])
+def test_sinkhorn_divergence_gradients_match_finite_differences(eps):
+    x, y, a, b = clouds(n=7, m=5, seed=4)
+    S = lambda x, a: ot.sinkhorn_divergence(x, y, eps, 5_000, a=a, b=b, tol=1e-13)
+    xg, ag = x.clone().requires_grad_(True), a.clone().requires_grad_(True)
+    grad_x, grad_a = torch.autograd.grad(S(xg, ag), (xg, ag))
+    h = 1e-5
+    g = torch.Generator().manual_seed(5)
+    for _ in range(3):  # random directions in the positions
+        v = torch.randn(x.shape, **F64, generator=g)
+        fd = (float(S(x + h * v, a)) - float(S(x - h * v, a))) / (2 * h)
+        assert fd == pytest.approx(float((grad_x * v).sum()), rel=1e-6, abs=1e-9)
+    v = torch.randn(a.shape, **F64, generator=g)
+    v = v - v.mean()  # a direction that stays on the simplex
+    fd = (float(S(x, a + h * v)) - float(S(x, a - h * v))) / (2 * h)
+    assert fd == pytest.approx(float(grad_a @ v), rel=1e-6, abs=1e-9)
+
+
+def test_weighted_sinkhorn_divergence_with_uniform_weights_is_the_unweighted_one_and_zero_on_equal_measures():
+    x, y, a, _ = clouds(n=10, m=8)
+    assert_close(ot.sinkhorn_divergence(x, y, 0.3, a=ot.uniform(10), b=ot.uniform(8)),
+                 ot.sinkhorn_divergence(x, y, 0.3))
+    assert abs(float(ot.sinkhorn_divergence(x, x, 1.0, 5000, a=a, b=a, tol=1e-14))) < 1e-12
+    assert float(ot.sinkhorn_divergence(x, x, 1.0, 5000, a=a, b=ot.uniform(10), tol=1e-14)) > 1e-4
+    with pytest.raises(ValueError, match="weights a must have shape"):
+        ot.sinkhorn_divergence(x, y, 0.3, a=ot.uniform(9))
+
+
+def test_symmetric_self_transport_solver_matches_the_alternating_iteration():
+    x, _, a, _ = clouds(n=10, m=10)
+    M = ot.cost_matrix(x, x)
+    assert_close(ot._entropic_ot_self(a, M, 1.0, 200, 0.0), ot.entropic_ot(a, a, M, 1.0, 5000, tol=1e-14),
+                 rtol=0, atol=1e-12)
