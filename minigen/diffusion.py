@@ -144,7 +144,7 @@ class VPSDE:
 
 @dataclass
 class VESDE:
-    r"""Variance exploding SDE :math:`\d x = \sqrt{\d \sigma^2_t / \d t}\,\d W` (:eq:`eq-diff-ve`).
+    r"""Variance exploding SDE :math:`\d x = \sqrt{\d s(t)^2 / \d t}\,\d W` (:eq:`eq-diff-ve`).
 
     Noise scale :math:`s(t) = s_{\min}(s_{\max}/s_{\min})^t`, marginal :math:`\alpha_t = 1`,
     :math:`\sigma_t^2 = s(t)^2 - s_{\min}^2`; prior :math:`\N(0, s_{\max}^2 I)`.
@@ -328,7 +328,9 @@ def diffusion_loss(model: ScoreNet, x0: Tensor, t_min: float = 1e-3,
                    stable_target: int = 0) -> Tensor:
     r"""Weighted noise-prediction loss :math:`\E_{t,\varepsilon}\, \lambda_t \lVert \varepsilon_\theta(x_t, t) - \varepsilon \rVert^2`, :math:`t \sim U(t_{\min}, 1)` (:eq:`eq-diff-loss`).
 
-    Denoising score matching at every noise level, weighted by :math:`\lambda_t \sigma_t^2`;
+    Denoising score matching (:eq:`eq-diff-dsm`) at every noise level, weighted by
+    :math:`2\lambda_t \sigma_t^2`, since :math:`\lVert\varepsilon_\theta - \varepsilon\rVert^2 =
+    \sigma_t^2 \lVert s_\theta + \varepsilon/\sigma_t\rVert^2`;
     :math:`\lambda_t` is ``model.loss_weight(t)`` (1 for a model without one). With
     ``stable_target = k > 0`` the regression target :math:`\varepsilon` is replaced by its
     posterior average :func:`stable_noise_target` (:eq:`eq-diff-stf`), the batch being split into
