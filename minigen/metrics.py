@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import runtime
 from .mmd import mmd2
 
 __all__ = [
@@ -204,7 +205,7 @@ def _fit_classifier(x: Tensor, c: Tensor, x_val: Tensor, c_val: Tensor, hidden: 
 
 
 def c2st(x: Tensor, y: Tensor, n_folds: int = 5, hidden: int = 64, epochs: int = 300,
-         seed: int = 0) -> float:
+         seed: int | None = None) -> float:
     r"""Classifier two-sample test: balanced held-out accuracy of an MLP telling ``x`` from ``y``.
 
     .. math:: \mathrm{acc} = \tfrac12\big(\Pr(\hat c(x) = 0) + \Pr(\hat c(y) = 1)\big),
@@ -217,6 +218,8 @@ def c2st(x: Tensor, y: Tensor, n_folds: int = 5, hidden: int = 64, epochs: int =
     point's copy is never in training. In each of ``n_folds`` folds a ReLU MLP (two hidden layers
     of ``hidden``) is trained for at most ``epochs`` full-batch Adam steps, stopped early on the
     loss of a validation fifth of the training points. Computes in float32 on ``x``'s device.
+    ``seed`` seeds the subsampling, the folds and the classifiers; by default it is the run's
+    stream 0 (:func:`minigen.runtime.seed`), so it moves with the book seed (``MINIGEN_SEED``).
     """
     x, y = (v[:, None] if v.dim() == 1 else v for v in (x, y))
     if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
@@ -228,6 +231,7 @@ def c2st(x: Tensor, y: Tensor, n_folds: int = 5, hidden: int = 64, epochs: int =
     if m < n_folds:
         raise ValueError(f"c2st needs at least n_folds = {n_folds} points in each sample, got "
                          f"{len(x)} and {len(y)}")
+    seed = runtime.seed(0) if seed is None else seed
     g, device = torch.Generator().manual_seed(seed), x.device
     x = x[torch.randperm(len(x), generator=g)[:m].to(device)]  # (m, d): balanced classes
     y = y.to(device)[torch.randperm(len(y), generator=g)[:m].to(device)]  # (m, d)
@@ -346,7 +350,7 @@ def _model_samples(x: Tensor | Callable[[int, torch.Generator], Tensor], n: int,
 
 def noise_floor_ratio(x: Tensor | Callable[[int, torch.Generator], Tensor], target: Sampler,
                       distance: Callable[[Tensor, Tensor], float] | None = None,
-                      n: int | None = None, n_repeats: int | None = None, seed: int = 0) -> Ratio:
+                      n: int | None = None, n_repeats: int | None = None, seed: int | None = None) -> Ratio:
     r"""Noise-floor ratio :math:`\rho = \mathbb E D(\hat x_n, y_n) / \mathbb E D(y_n, y'_n)` of a model.
 
     ``x`` is a model sampler ``(n, generator) -> (n, d)`` (or ``(n,)`` in 1D), or one fixed model
@@ -373,6 +377,8 @@ def noise_floor_ratio(x: Tensor | Callable[[int, torch.Generator], Tensor], targ
     at n = 20,000: sd 0.23, median 0.93, 99% quantile 1.8), so ``R`` is at least 64 there; the 2D
     mixture at n = 4,000 needed about 300-400. Model samples drawn: ``n * (25 + R)``. For a fixed
     sample ``se`` covers the exact samples' noise only (0 in the exact 1D case), not the model's.
+    ``seed`` seeds the model and exact draws; by default it is the run's stream 0
+    (:func:`minigen.runtime.seed`), so it moves with the book seed (``MINIGEN_SEED``).
     """
     if isinstance(x, Tensor):
         x = x[:, None] if x.dim() == 1 else x
@@ -384,7 +390,7 @@ def noise_floor_ratio(x: Tensor | Callable[[int, torch.Generator], Tensor], targ
         raise ValueError("pass the sample size n together with a model sampler")
     if n < 1 or (n_repeats is not None and n_repeats < 2):
         raise ValueError(f"need n >= 1 and n_repeats >= 2 (or None), got n={n}, n_repeats={n_repeats}")
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(runtime.seed(0) if seed is None else seed)
     exact = distance is None and target.dim == 1 and callable(getattr(target, "cdf", None))
     if exact:
         grid = _cdf_grid(target.sample(n, g, dtype=torch.float64)[:, 0].sort().values, target.cdf, 20_001)
