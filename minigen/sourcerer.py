@@ -246,15 +246,18 @@ class Surrogate(Simulator, Model):
     r"""A differentiable stand-in for a simulator: a conditional Gaussian with a full covariance,
 
     .. math:: \tilde x = m_\psi(\theta) + S_\psi(\theta)\, \epsilon, \quad \epsilon \sim N(0, I),
-              \qquad \max_\psi \sum_j \log N\big(x_j;\, m_\psi(\theta_j),\, S_\psi S_\psi^\top(\theta_j)\big),
+              \qquad \min_\psi \sum_j \tfrac12 \lVert x_j - m_\psi(\theta_j) \rVert^2
+              - \log N\big(x_j;\, \mathrm{sg}[m_\psi(\theta_j)],\, S_\psi S_\psi^\top(\theta_j)\big),
 
-    :math:`S_\psi` lower triangular with a positive diagonal (:eq:`eq-sur-gauss`). An MLP maps
-    :math:`\theta` ``(n, dim_theta)``, rescaled from the box to :math:`[-1, 1]`, to the mean and the
-    factor of the standardised data (``x_mean``, ``x_scale`` ``(dim_x,)``, set by
-    :func:`fit_surrogate`); the diagonal is :math:`\operatorname{softplus} + ` ``min_scale``.
-    A :class:`minigen.simulators.Simulator` (same box, ``surrogate(theta)`` draws ``(n, dim_x)``,
-    differentiable in ``theta``) and a :class:`minigen.train.Model` whose ``loss`` on a batch
-    ``(B, dim_theta + dim_x)`` of pairs :math:`(\theta, x)` is the negative log-likelihood.
+    :math:`S_\psi` lower triangular with a positive diagonal, :math:`\mathrm{sg}` a stop-gradient
+    (:eq:`eq-sur-gauss`): the mean network learns by least squares (the conditional mean), the
+    factor network the covariance of the residuals by likelihood. Both MLPs see :math:`\theta`
+    ``(n, dim_theta)`` rescaled from the box to :math:`[-1, 1]` and work on standardised data
+    (``x_mean``, ``x_scale`` ``(dim_x,)``, set by :func:`fit_surrogate`); the diagonal of
+    :math:`S_\psi` is the exponential of a network output plus ``min_scale``.
+    A :class:`minigen.simulators.Simulator` (same box; ``surrogate(theta)`` draws ``(n, dim_x)``,
+    differentiable in ``theta``) and a :class:`minigen.train.Model` whose ``loss`` takes a batch
+    ``(B, dim_theta + dim_x)`` of pairs :math:`(\theta, x)`.
     """
 
     def __init__(self, simulator: Simulator, hidden: int = 64, depth: int = 3, min_scale: float = 1e-3):
@@ -311,13 +314,16 @@ class Surrogate(Simulator, Model):
 
 
 def fit_surrogate(simulator: Simulator, n_sims: int, generator: torch.Generator | None = None,
-                  hidden: int = 64, depth: int = 3, **fit_kwargs) -> tuple[Surrogate, FitResult]:
+                  hidden: int = 64, depth: int = 3, min_scale: float = 1e-3,
+                  **fit_kwargs) -> tuple[Surrogate, FitResult]:
     r"""Simulate ``n_sims`` pairs with :math:`\theta \sim U[` ``low, high`` :math:`]` and fit a :class:`Surrogate`.
 
-    Maximum likelihood (:eq:`eq-sur-gauss`) with :func:`minigen.train.fit` (further arguments, such
+    Trained on the loss :eq:`eq-sur-gauss` by :func:`minigen.train.fit` (further arguments, such
     as ``n_steps``, ``batch_size``, ``lr``, go there; ``generator`` draws the parameters, the
     simulator's noise and the minibatches). The data are standardised by their mean and standard
-    deviation first. Returns ``(surrogate, fit result)``; the surrogate's weights are frozen
+    deviation first; ``min_scale`` (in those units) bounds the diagonal of :math:`S_\psi` from
+    below, so data on a grid (counts) cannot drive a variance to zero. Returns
+    ``(surrogate, fit result)``; the surrogate's weights are frozen
     (``requires_grad=False``), so a :class:`Sourcerer` trained through it moves only its source,
     while gradients still flow to :math:`\theta`.
     """
@@ -328,7 +334,7 @@ def fit_surrogate(simulator: Simulator, n_sims: int, generator: torch.Generator 
     theta = low + (high - low) * _random(torch.rand, (n_sims, simulator.dim_theta), low, generator)
     with torch.no_grad():
         x = simulator(theta, generator).float()  # (n_sims, dim_x)
-    surrogate = Surrogate(simulator, hidden, depth)
+    surrogate = Surrogate(simulator, hidden, depth, min_scale)
     surrogate.x_mean.copy_(x.mean(0))
     surrogate.x_scale.copy_(x.std(0).clamp_min(1e-6))
     result = fit(surrogate, torch.cat([theta, x], 1), desc="surrogate", generator=generator, **fit_kwargs)
