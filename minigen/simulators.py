@@ -8,7 +8,9 @@ to observations ``x`` ``(n, dim_x)``, differentiably in ``theta``, and carries
   ``source_entropy``: its exact differential entropy (nats).
 
 The tasks, boxes and reference sources are those of the Sourcerer benchmarks
-(:eq:`eq-src-pushforward`); see chapter 9. :class:`SmearedExponential` (chapter 10) is a
+(:eq:`eq-src-pushforward`); see chapter 9. :class:`StochasticSIR` counts discrete infections and
+recoveries and has no gradient (chapter 9b); its ``relaxed`` variant is differentiable.
+:class:`SmearedExponential` (chapter 10) is a
 simulator with a latent variable whose likelihood can still be computed exactly
 (:eq:`eq-sbi-marginal`).
 """
@@ -29,6 +31,7 @@ __all__ = [
     "SLCP",
     "GaussianMixtureSim",
     "SIR",
+    "StochasticSIR",
     "SmearedExponential",
     "tasks",
 ]
@@ -236,6 +239,63 @@ class SIR(Simulator):
     def sample_source(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         z = torch.randn(n, 2, generator=generator)
         return torch.stack([0.4 * (0.5 * z[:, 0]).exp(), 0.125 * (0.2 * z[:, 1]).exp()], 1)
+
+
+class StochasticSIR(Simulator):
+    r"""A chain-binomial SIR epidemic in a population of ``population``: whole people, no gradient.
+
+    Every ``dt`` days each susceptible is infected with probability
+    :math:`p_I = 1 - e^{-\beta I \Delta t / N}` and each infected recovers with
+    :math:`p_R = 1 - e^{-\gamma \Delta t}`:
+
+    .. math:: \Delta_I \sim \mathrm{Bin}(S, p_I), \quad \Delta_R \sim \mathrm{Bin}(I, p_R), \qquad
+              S \leftarrow S - \Delta_I, \quad I \leftarrow I + \Delta_I - \Delta_R ,
+
+    from :math:`I_0` = ``i0`` infected; :math:`x` ``(n, dim_x)`` is the infected fraction
+    :math:`I/N` every ``every`` steps (:eq:`eq-sur-chain`). The draws are integers, so :math:`x`
+    has no derivative in :math:`\theta = (\beta, \gamma)` ``(n, 2)``: the output never requires a
+    gradient. With ``relaxed=True`` each binomial is replaced by the Gaussian of the same mean and
+    variance, :math:`np + \sqrt{np(1-p)}\, z` clipped to :math:`[0, n]` (:eq:`eq-sur-relaxed`):
+    a differentiable approximation, no longer whole people. Reference source as :class:`SIR`
+    (log-normal :math:`\beta`, :math:`\gamma`); box :math:`[0.05, 2.5] \times [0.05, 0.25]`.
+    """
+
+    name, dim_theta = "stochastic SIR", 2
+    low, high = torch.tensor([0.05, 0.05]), torch.tensor([2.5, 0.25])
+    source_entropy = SIR.source_entropy
+
+    def __init__(self, population: int = 1000, i0: int = 10, dt: float = 2.0, n_steps: int = 40,
+                 every: int = 4, relaxed: bool = False):
+        if not 0 < i0 <= population or n_steps % every:
+            raise ValueError(f"need 0 < i0 <= population and every dividing n_steps, got i0={i0}, "
+                             f"population={population}, n_steps={n_steps}, every={every}")
+        self.population, self.i0, self.dt, self.n_steps, self.every = population, i0, dt, n_steps, every
+        self.relaxed, self.dim_x = relaxed, n_steps // every
+
+    def _draw(self, n: Tensor, p: Tensor, generator: torch.Generator | None) -> Tensor:
+        r""":math:`\mathrm{Bin}(n, p)`, or its moment-matched Gaussian if ``relaxed``."""
+        if not self.relaxed:
+            return torch.binomial(n, p, generator=generator)
+        z = _random(torch.randn, tuple(n.shape), n, generator)
+        return torch.minimum((n * p + (n * p * (1 - p)).clamp_min(1e-12).sqrt() * z).clamp_min(0), n)
+
+    def simulate(self, theta: Tensor, generator: torch.Generator | None) -> Tensor:
+        theta = theta if self.relaxed else theta.detach()
+        beta, gamma = theta[:, 0], theta[:, 1]  # (n,)
+        s = torch.full_like(beta, float(self.population - self.i0))
+        i = torch.full_like(beta, float(self.i0))
+        p_r = 1 - torch.exp(-gamma * self.dt)  # (n,)
+        out = []
+        for k in range(self.n_steps):
+            infected = self._draw(s, 1 - torch.exp(-beta * i * self.dt / self.population), generator)
+            recovered = self._draw(i, p_r, generator)
+            s, i = s - infected, i + infected - recovered
+            if (k + 1) % self.every == 0:
+                out.append(i / self.population)
+        return torch.stack(out, 1)  # (n, dim_x)
+
+    def sample_source(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return SIR.sample_source(self, n, generator)
 
 
 class _SIRSolve(torch.autograd.Function):

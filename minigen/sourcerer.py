@@ -10,7 +10,9 @@ own unknown :math:`\theta`, find a source :math:`s(\theta)` on a box whose pushf
 with :func:`minigen.metrics.sliced_wasserstein`; the source is a :class:`BoxSampler` and
 :math:`\lambda` follows :func:`lambda_schedule`. :class:`Sourcerer` (the source pushed through the
 simulator, a generative model of the observations) puts them together for
-:func:`minigen.train.fit`, and :func:`estimate_source` runs it.
+:func:`minigen.train.fit`, and :func:`estimate_source` runs it. A simulator without gradients is
+replaced by a :class:`Surrogate`, a conditional Gaussian fitted to simulations by
+:func:`fit_surrogate` (chapter 9b).
 
 Inputs are checked: :func:`kl_entropy` takes a finite, non-empty sample ``(n, d)`` and warns
 about exact duplicates (see there); :func:`estimate_source` needs a
@@ -27,13 +29,15 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from .metrics import sliced_wasserstein
 from .nn import _finite, _random, _same_dtype, mlp
 from .simulators import Simulator
 from .train import FitResult, Model, fit
 
-__all__ = ["kl_entropy", "BoxSampler", "lambda_schedule", "source_loss", "Sourcerer", "estimate_source"]
+__all__ = ["kl_entropy", "BoxSampler", "lambda_schedule", "source_loss", "Sourcerer", "estimate_source",
+           "Surrogate", "fit_surrogate"]
 
 
 def kl_entropy(x: Tensor, period: Tensor | None = None, chunk: int = 2048) -> Tensor:
@@ -236,3 +240,102 @@ def estimate_source(simulator: Simulator, x_obs: Tensor, final_lambda: float | N
                else lambda_schedule(n_steps, int(decay * n_steps), final_lambda))
     model = Sourcerer(source, simulator, lambdas, n_entropy, n_projections, weight_decay)
     return source, fit(model, x_obs, n_steps, desc="source", **fit_kwargs)
+
+
+class Surrogate(Simulator, Model):
+    r"""A differentiable stand-in for a simulator: a conditional Gaussian with a full covariance,
+
+    .. math:: \tilde x = m_\psi(\theta) + S_\psi(\theta)\, \epsilon, \quad \epsilon \sim N(0, I),
+              \qquad \min_\psi \sum_j \tfrac12 \lVert x_j - m_\psi(\theta_j) \rVert^2
+              - \log N\big(x_j;\, \mathrm{sg}[m_\psi(\theta_j)],\, S_\psi S_\psi^\top(\theta_j)\big),
+
+    :math:`S_\psi` lower triangular with a positive diagonal, :math:`\mathrm{sg}` a stop-gradient
+    (:eq:`eq-sur-gauss`): the mean network learns by least squares (the conditional mean), the
+    factor network the covariance of the residuals by likelihood. Both MLPs see :math:`\theta`
+    ``(n, dim_theta)`` rescaled from the box to :math:`[-1, 1]` and work on standardised data
+    (``x_mean``, ``x_scale`` ``(dim_x,)``, set by :func:`fit_surrogate`); the diagonal of
+    :math:`S_\psi` is the exponential of a network output plus ``min_scale``.
+    A :class:`minigen.simulators.Simulator` (same box; ``surrogate(theta)`` draws ``(n, dim_x)``,
+    differentiable in ``theta``) and a :class:`minigen.train.Model` whose ``loss`` takes a batch
+    ``(B, dim_theta + dim_x)`` of pairs :math:`(\theta, x)`.
+    """
+
+    def __init__(self, simulator: Simulator, hidden: int = 64, depth: int = 3, min_scale: float = 1e-3):
+        super().__init__()
+        self.name = f"surrogate of {simulator.name}"
+        self.dim_theta, self.dim_x = simulator.dim_theta, simulator.dim_x
+        self.dim, self.min_scale = self.dim_theta + self.dim_x, min_scale
+        self.source_entropy = getattr(simulator, "source_entropy", math.nan)
+        self.register_buffer("low", torch.as_tensor(simulator.low, dtype=torch.float32))
+        self.register_buffer("high", torch.as_tensor(simulator.high, dtype=torch.float32))
+        self.register_buffer("x_mean", torch.zeros(self.dim_x))
+        self.register_buffer("x_scale", torch.ones(self.dim_x))
+        self.register_buffer("tril", torch.tril_indices(self.dim_x, self.dim_x))
+        self.mean_net = mlp(self.dim_theta, self.dim_x, hidden, depth)
+        self.factor_net = mlp(self.dim_theta, self.tril.shape[1], hidden, depth)
+        self.recipe = dict(n_steps=2_000, batch_size=512, lr=2e-3, schedule="cosine")
+
+    def _standard(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean ``(n, dim_x)`` and lower factor ``(n, dim_x, dim_x)`` of the standardised data."""
+        u = 2 * (theta - self.low) / (self.high - self.low) - 1  # (n, dim_theta) in [-1, 1]
+        mu, flat = self.mean_net(u), self.factor_net(u)  # (n, dim_x), (n, dim_x (dim_x + 1) / 2)
+        factor = flat.new_zeros(len(flat), self.dim_x, self.dim_x)
+        factor[:, self.tril[0], self.tril[1]] = flat
+        diag = factor.diagonal(dim1=1, dim2=2).clamp_max(5).exp() + self.min_scale  # (n, dim_x)
+        return mu, factor.tril(-1) + torch.diag_embed(diag)
+
+    def moments(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Mean :math:`m_\psi(\theta)` ``(n, dim_x)`` and covariance :math:`S_\psi S_\psi^\top` ``(n, dim_x, dim_x)``."""
+        mu, factor = self._standard(theta)
+        factor = self.x_scale[:, None] * factor  # diag(x_scale) S
+        return self.x_mean + self.x_scale * mu, factor @ factor.transpose(1, 2)
+
+    def log_likelihood(self, theta: Tensor, x: Tensor) -> Tensor:
+        r""":math:`\log N(x; m_\psi(\theta), S_\psi S_\psi^\top(\theta))` ``(n,)`` for ``theta`` ``(n, dim_theta)``, ``x`` ``(n, dim_x)``."""
+        mu, factor = self._standard(theta)
+        z = ((x - self.x_mean) / self.x_scale - mu)[..., None]  # (n, dim_x, 1)
+        r = torch.linalg.solve_triangular(factor, z, upper=False)[..., 0]  # S^{-1}(z - mu)
+        log_det = factor.diagonal(dim1=1, dim2=2).log().sum(1) + self.x_scale.log().sum()
+        return -0.5 * (r**2).sum(1) - log_det - 0.5 * self.dim_x * math.log(2 * math.pi)
+
+    def loss(self, batch: Tensor) -> Tensor:
+        batch = self._check_batch(batch)
+        theta, x = batch[:, :self.dim_theta], batch[:, self.dim_theta:]
+        mu, factor = self._standard(theta)
+        z = (x - self.x_mean) / self.x_scale  # (B, dim_x)
+        r = torch.linalg.solve_triangular(factor, (z - mu.detach())[..., None], upper=False)[..., 0]
+        nll = 0.5 * (r**2).sum(1) + factor.diagonal(dim1=1, dim2=2).log().sum(1)
+        return (0.5 * ((z - mu) ** 2).sum(1) + nll).mean()
+
+    def simulate(self, theta: Tensor, generator: torch.Generator | None) -> Tensor:
+        mu, factor = self._standard(theta)
+        eps = _random(torch.randn, (len(theta), self.dim_x, 1), theta, generator)
+        return self.x_mean + self.x_scale * (mu + (factor @ eps)[..., 0])  # (n, dim_x)
+
+
+def fit_surrogate(simulator: Simulator, n_sims: int, generator: torch.Generator | None = None,
+                  hidden: int = 64, depth: int = 3, min_scale: float = 1e-3,
+                  **fit_kwargs) -> tuple[Surrogate, FitResult]:
+    r"""Simulate ``n_sims`` pairs with :math:`\theta \sim U[` ``low, high`` :math:`]` and fit a :class:`Surrogate`.
+
+    Trained on the loss :eq:`eq-sur-gauss` by :func:`minigen.train.fit` (further arguments, such
+    as ``n_steps``, ``batch_size``, ``lr``, go there; ``generator`` draws the parameters, the
+    simulator's noise and the minibatches). The data are standardised by their mean and standard
+    deviation first; ``min_scale`` (in those units) bounds the diagonal of :math:`S_\psi` from
+    below, so data on a grid (counts) cannot drive a variance to zero. Returns
+    ``(surrogate, fit result)``; the surrogate's weights are frozen
+    (``requires_grad=False``), so a :class:`Sourcerer` trained through it moves only its source,
+    while gradients still flow to :math:`\theta`.
+    """
+    if not isinstance(simulator, Simulator) or n_sims < 2:
+        raise ValueError(f"need a minigen.simulators.Simulator and n_sims >= 2, got "
+                         f"{type(simulator).__name__} and {n_sims}")
+    low, high = simulator.low.float(), simulator.high.float()
+    theta = low + (high - low) * _random(torch.rand, (n_sims, simulator.dim_theta), low, generator)
+    with torch.no_grad():
+        x = simulator(theta, generator).float()  # (n_sims, dim_x)
+    surrogate = Surrogate(simulator, hidden, depth, min_scale)
+    surrogate.x_mean.copy_(x.mean(0))
+    surrogate.x_scale.copy_(x.std(0).clamp_min(1e-6))
+    result = fit(surrogate, torch.cat([theta, x], 1), desc="surrogate", generator=generator, **fit_kwargs)
+    return surrogate.requires_grad_(False), result

@@ -141,3 +141,46 @@ def test_smeared_exponential_rejects_bad_parameters():
         simulators.SmearedExponential(0.0)
     with pytest.raises(ValueError, match="must be positive"):
         simulators.SmearedExponential().simulate(torch.tensor([1.0, -1.0]))
+
+
+def test_stochastic_sir_counts_whole_people_and_has_no_gradient():
+    sim = simulators.StochasticSIR()
+    theta = sim.sample_source(200, gen()).requires_grad_(True)
+    x = sim(theta, gen(1))
+    assert x.shape == (200, sim.dim_x) == (200, 10) and not x.requires_grad
+    counts = x * sim.population
+    assert_close(counts, counts.round(), atol=1e-3, rtol=0)
+    assert (x >= 0).all() and (x <= 1).all()
+    assert_close(x, sim(theta, gen(1)))  # reproducible with a generator
+
+
+@pytest.mark.parametrize("relaxed", [False, True])
+def test_stochastic_sir_without_infection_thins_the_infected_binomially(relaxed):
+    """beta = 0: each infected stays with q = exp(-gamma dt) per step, so after k steps
+    I_k ~ Bin(I_0, q^k): mean I_0 q^k, variance I_0 q^k (1 - q^k). The relaxed chain matches
+    mean and variance step by step, so the same formulas hold (its clipping at 0 is negligible
+    for I_0 = 1000)."""
+    sim = simulators.StochasticSIR(population=10_000, i0=1000, relaxed=relaxed)
+    theta = torch.tensor([[0.0, 0.02]], dtype=torch.float64).expand(20_000, 2)
+    counts = sim(theta, gen()) * sim.population  # (20000, 10)
+    q = torch.exp(torch.tensor(-0.02 * sim.dt * sim.every, dtype=torch.float64)) ** torch.arange(1, 11)
+    assert_close(counts.mean(0), 1000 * q, rtol=0.005, atol=0)
+    assert_close(counts.var(0), 1000 * q * (1 - q), rtol=0.05, atol=0)
+
+
+def test_relaxed_stochastic_sir_is_differentiable_and_close_to_the_binomial_chain():
+    exact, relaxed = simulators.StochasticSIR(), simulators.StochasticSIR(relaxed=True)
+    theta = torch.tensor([[0.4, 0.125]], dtype=torch.float64).expand(20_000, 2).clone().requires_grad_(True)
+    x = relaxed(theta, gen())
+    (grad,) = torch.autograd.grad(x.sum(), theta)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    x_exact = exact(theta, gen(1))
+    assert_close(x.detach().mean(0), x_exact.mean(0), atol=0.005, rtol=0)  # sd of a mean < 0.0005
+    assert_close(x.detach().std(0), x_exact.std(0), atol=0.005, rtol=0.1)
+
+
+def test_stochastic_sir_rejects_a_bad_setup():
+    with pytest.raises(ValueError, match="i0"):
+        simulators.StochasticSIR(population=5, i0=10)
+    with pytest.raises(ValueError, match="every dividing n_steps"):
+        simulators.StochasticSIR(n_steps=10, every=3)

@@ -247,3 +247,80 @@ def test_kl_entropy_kd_tree_path_equals_the_brute_force_search():
     dup = x.detach().clone()
     dup[7] = dup[11]  # a duplicate pair: both have a neighbour at distance 0, in either order
     assert torch.equal(sourcerer.kl_entropy(dup, chunk=1000), sourcerer.kl_entropy(dup, chunk=5000))
+
+
+class LinearGaussian(simulators.Simulator):
+    """x = A theta + b + C eps: the mean and covariance a surrogate must recover are known."""
+
+    name, dim_theta, dim_x = "linear Gaussian", 2, 3
+    low, high = torch.tensor([-1.0, -1.0]), torch.tensor([1.0, 1.0])
+    A = torch.tensor([[1.0, 0.5], [-0.5, 2.0], [0.0, 1.0]])
+    b = torch.tensor([0.3, -0.2, 1.0])
+    C = torch.tensor([[0.2, 0.0, 0.0], [0.1, 0.3, 0.0], [-0.05, 0.1, 0.1]])
+
+    def simulate(self, theta, generator):
+        eps = torch.randn(len(theta), 3, generator=generator, dtype=theta.dtype)
+        return theta @ self.A.T.to(theta) + self.b.to(theta) + eps @ self.C.T.to(theta)
+
+
+@pytest.fixture(scope="module")
+def linear_surrogate():
+    torch.manual_seed(0)
+    return sourcerer.fit_surrogate(LinearGaussian(), 4000, gen(), hidden=32, depth=2,
+                                   n_steps=1000, progress=False)
+
+
+def test_surrogate_recovers_a_linear_gaussian_simulators_mean_and_covariance(linear_surrogate):
+    surrogate, result = linear_surrogate
+    sim = LinearGaussian()
+    assert result.losses.shape == (1000, 1)
+    theta = torch.tensor([[0.0, 0.0], [0.5, -0.5], [-0.7, 0.6], [0.6, 0.6]])  # inside the box
+    mean, cov = surrogate.moments(theta)
+    assert_close(mean, theta @ sim.A.T + sim.b, atol=0.03, rtol=0)  # the noise sd is 0.2 to 0.3
+    assert_close(cov, (sim.C @ sim.C.T).expand(4, 3, 3), atol=0.015, rtol=0)  # entries 0.01 to 0.1
+
+
+def test_surrogate_gradients_flow_to_theta_and_match_the_simulators_jacobian(linear_surrogate):
+    surrogate, _ = linear_surrogate
+    assert not any(p.requires_grad for p in surrogate.parameters())  # frozen: a source trains alone
+    theta = torch.tensor([[0.2, -0.3], [-0.5, 0.4]], requires_grad=True)
+    x = surrogate(theta, gen(1))
+    (grad,) = torch.autograd.grad(x.sum(), theta)
+    assert torch.isfinite(grad).all() and grad.abs().min() > 0
+    jac = torch.autograd.functional.jacobian(lambda t: surrogate.moments(t)[0].sum(0), theta.detach())
+    assert_close(jac, LinearGaussian.A[:, None, :].expand(3, 2, 2), atol=0.1, rtol=0)  # d mean / d theta = A
+
+
+def test_surrogate_samples_and_log_likelihood_follow_its_moments():
+    """log_likelihood is the Gaussian density of moments(); samples are mean + S eps."""
+    torch.manual_seed(0)
+    surrogate = sourcerer.Surrogate(LinearGaussian(), hidden=8, depth=1).double()
+    surrogate.x_mean.copy_(torch.tensor([1.0, -2.0, 0.5]))
+    surrogate.x_scale.copy_(torch.tensor([0.5, 2.0, 1.5]))
+    theta = torch.rand(5, 2, generator=gen(), dtype=torch.float64) * 2 - 1
+    x = torch.randn(5, 3, generator=gen(1), dtype=torch.float64)
+    mean, cov = surrogate.moments(theta)
+    exact = torch.distributions.MultivariateNormal(mean, cov).log_prob(x)
+    assert_close(surrogate.log_likelihood(theta, x), exact)
+    draws = surrogate(theta[:1].expand(100_000, 2), gen(2))  # (100000, 3)
+    assert_close(draws.mean(0), mean[0], atol=0.03, rtol=0)
+    assert_close(torch.cov(draws.T), cov[0], atol=0.05, rtol=0.02)
+
+
+def test_estimate_source_through_a_surrogate_trains_the_source_only(linear_surrogate):
+    surrogate, _ = linear_surrogate
+    before = [p.clone() for p in surrogate.parameters()]
+    sim = LinearGaussian()
+    x_obs = sim(0.5 * torch.rand(500, 2, generator=gen()), gen())
+    torch.manual_seed(0)
+    source, result = sourcerer.estimate_source(surrogate, x_obs, None, n_steps=40, hidden=16,
+                                               depth=2, batch_size=250, lr=1e-2, n_projections=20,
+                                               generator=gen(), progress=False)
+    assert result.losses[-5:, 0].mean() < result.losses[:5, 0].mean() - 0.5  # log SW_2 fell
+    for p, q in zip(before, surrogate.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_fit_surrogate_rejects_a_plain_function():
+    with pytest.raises(ValueError, match="need a minigen.simulators.Simulator"):
+        sourcerer.fit_surrogate(lambda theta: theta, 100)
