@@ -13,6 +13,14 @@ noise-floor ratios use ``N_REPEATS`` model samples each (8 in 1D, 16 in 2D) and 
 
 ``--cache DIR`` keeps one JSON file per completed run there and reuses it on the next call, so a
 grid can be completed in pieces; delete a model's files after changing its defaults.
+
+``--models`` also takes the names of :data:`VARIANTS`, changed recipes a reader passes in one line
+(more steps, another kernel, a heavy-tailed source, data seen through ``asinh``), measured the same
+way; write them elsewhere (``--out /tmp/changes``) and copy the figures to "What a change reaches"
+in ``transfer.md``:
+
+    python benchmarks/transfer.py --models "flow matching, asinh data" --targets student_t_1d \
+        --seeds 0 1 2 --jobs 1 --out /tmp/changes
 """
 from __future__ import annotations
 
