@@ -72,7 +72,8 @@ VARIANTS = {
         d, n_critic=5, recipe=dict(n_steps=2_500, schedule="cosine"))),
     "WGAN, latent 4, 2.5x steps": ("WGAN", lambda d: gan.GAN(
         d, latent_dim=4, recipe=dict(n_steps=5_000, schedule="cosine"))),
-    "flow, 4x steps": ("flow", lambda d: flows.monotone_flow() if d > 1 else flows.Flow(
+    # the monotone-flow variants are for 1D targets, the coupling-flow one for 2D
+    "flow, 4x steps": ("flow", lambda d: flows.Flow(
         flows.monotone_flow().transforms, flows.StandardNormal(1),
         dict(flows.MONOTONE_RECIPE, n_steps=6_000))),
     "flow, 64 units, 2x steps": ("flow", lambda d: flows.Flow(
