@@ -13,6 +13,14 @@ noise-floor ratios use ``N_REPEATS`` model samples each (8 in 1D, 16 in 2D) and 
 
 ``--cache DIR`` keeps one JSON file per completed run there and reuses it on the next call, so a
 grid can be completed in pieces; delete a model's files after changing its defaults.
+
+``--models`` also takes the names of :data:`VARIANTS`, changed recipes a reader passes in one line
+(more steps, another kernel, a heavy-tailed source, data seen through ``asinh``), measured the same
+way; write them elsewhere (``--out /tmp/changes``) and copy the figures to "What a change reaches"
+in ``transfer.md``:
+
+    python benchmarks/transfer.py --models "flow matching, asinh data" --targets student_t_1d \
+        --seeds 0 1 2 --jobs 1 --out /tmp/changes
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +53,63 @@ MODELS = {
     "diffusion": lambda d: diffusion.Diffusion(d),
     "flow matching": lambda d: fm.FlowMatching(d),
 }
+# Changed recipes, one line each as a reader would pass them: (family, builder for dimension d).
+# ``--models`` takes these names too; their results go to "What a change reaches" in transfer.md.
+MULTI_SCALE = (0.05, 0.1, 0.2, 0.4, 0.8)  # bandwidths of the multi-scale Gaussian kernel, 1D
+VARIANTS = {
+    "MMD generator, 5x steps": ("MMD generator", lambda d: mmd.MMDGenerator(
+        d, recipe=dict(n_steps=15_000 if d == 1 else 7_500))),
+    "MMD generator, 4x steps": ("MMD generator", lambda d: mmd.MMDGenerator(
+        d, recipe=dict(n_steps=12_000 if d == 1 else 7_500))),
+    "MMD generator, multi-scale kernel": ("MMD generator", lambda d: mmd.MMDGenerator(
+        d, kernel=partial(mmd.gaussian_kernel, bandwidth=MULTI_SCALE),
+        recipe=dict(n_steps=15_000 if d == 1 else 7_500))),
+    "MMD generator, batch 512": ("MMD generator", lambda d: mmd.MMDGenerator(
+        d, recipe=dict(batch_size=512, n_steps=6_000 if d == 1 else 3_000))),
+    "WGAN, 2.5x steps, cosine": ("WGAN", lambda d: gan.GAN(
+        d, recipe=dict(n_steps=5_000, schedule="cosine"))),
+    "WGAN, 5 critic steps": ("WGAN", lambda d: gan.GAN(
+        d, n_critic=5, recipe=dict(n_steps=2_500, schedule="cosine"))),
+    "WGAN, latent 4, 2.5x steps": ("WGAN", lambda d: gan.GAN(
+        d, latent_dim=4, recipe=dict(n_steps=5_000, schedule="cosine"))),
+    # the monotone-flow variants are for 1D targets, the coupling-flow one for 2D
+    "flow, 4x steps": ("flow", lambda d: flows.Flow(
+        flows.monotone_flow().transforms, flows.StandardNormal(1),
+        dict(flows.MONOTONE_RECIPE, n_steps=6_000))),
+    "flow, 64 units, 2x steps": ("flow", lambda d: flows.Flow(
+        [flows.MonotoneIntegral(64, 2, 24)], flows.StandardNormal(1),
+        dict(flows.MONOTONE_RECIPE, n_steps=3_000))),
+    "flow, 8 layers, 1.5x steps": ("flow", lambda d: flows.Flow(
+        flows.coupling_flow(d, n_layers=8).transforms, flows.StandardNormal(d),
+        dict(flows.COUPLING_RECIPE, n_steps=3_900))),
+    "flow, asinh data, 4x steps": ("flow", lambda d: flows.Flow(
+        flows.monotone_flow().transforms, flows.StandardNormal(1),
+        dict(flows.MONOTONE_RECIPE, n_steps=6_000))),
+    "diffusion, 2x steps": ("diffusion", lambda d: diffusion.Diffusion(
+        d, recipe=dict(n_steps=8_000))),
+    "flow matching, Student-t source": ("flow matching", lambda d: fm.FlowMatching(
+        d, source=data.StudentT(df=3))),
+}
+# Trained on u = asinh(x) and sampled as x = sinh(u): the tail-aware transform for heavy tails.
+for _family, _build in [("flow", lambda d: flows.monotone_flow()),
+                        ("diffusion", lambda d: diffusion.Diffusion(d)),
+                        ("flow matching", lambda d: fm.FlowMatching(d)),
+                        ("MMD generator", lambda d: mmd.MMDGenerator(d))]:
+    VARIANTS[f"{_family}, asinh data"] = (_family, _build)
+ASINH = {name for name in VARIANTS if "asinh data" in name}
+
+
+class Asinh:
+    """A target seen through :math:`u = \\operatorname{asinh}(x)`: a power-law tail
+    :math:`P(|x| > s) \\sim s^{-\\nu}` becomes the exponential tail :math:`e^{-\\nu |u|}`."""
+
+    def __init__(self, target):
+        self.target, self.dim = target, target.dim
+
+    def sample(self, n: int, generator: torch.Generator | None = None, dtype=torch.float32):
+        return torch.asinh(self.target.sample(n, generator, dtype=dtype))
+
+
 # The issue's targets: (1D ratio, 2D C2ST) per family.
 GOALS = {"flow": (1.3, 0.55), "MMD generator": (2.0, 0.60), "WGAN": (3.0, 0.60),
          "diffusion": (1.3, 0.55), "flow matching": (1.3, 0.55)}
@@ -65,17 +131,20 @@ def run_one(job: tuple[str, str, int, Path | None]) -> dict:
     torch.set_num_threads(1)
     target = data.targets()[target_name]
     torch.manual_seed(seed)
-    model = MODELS[model_name](target.dim)
-    fit = train.fit(model, target, generator=torch.Generator().manual_seed(seed), progress=False)
+    model = {**MODELS, **{k: b for k, (_, b) in VARIANTS.items()}}[model_name](target.dim)
+    asinh = model_name in ASINH
+    fit = train.fit(model, Asinh(target) if asinh else target,
+                    generator=torch.Generator().manual_seed(seed), progress=False)
+    sample = (lambda n, g=None: torch.sinh(model.sample(n, g))) if asinh else model.sample
     record = dict(model=model_name, target=target_name, dim=target.dim, seed=seed,
                   train_wall=fit.wall, train_cpu=fit.cpu, n_steps=fit.settings["n_steps"])
     g, cpu = torch.Generator().manual_seed(1000 + seed), time.process_time()
     with torch.no_grad():
-        rho = metrics.noise_floor_ratio(model.sample, target, n=N_1D if target.dim == 1 else N_2D,
+        rho = metrics.noise_floor_ratio(sample, target, n=N_1D if target.dim == 1 else N_2D,
                                         n_repeats=N_REPEATS[target.dim], seed=seed)
         record.update(ratio=float(rho), ratio_se=rho.se)
         if target.dim > 1:
-            record["c2st"] = metrics.c2st(model.sample(N_C2ST, g).double(),
+            record["c2st"] = metrics.c2st(sample(N_C2ST, g).double(),
                                           target.sample(N_C2ST, g, dtype=torch.float64), seed=seed)
     record["measure_cpu"] = time.process_time() - cpu
     print(f"{model_name:>14} {target_name:>16} seed {seed}: ratio {rho!r}"
@@ -99,7 +168,7 @@ NOTES = "<!-- notes: text below this line is kept when the tables are rewritten 
 def markdown(records: list[dict], seeds: list[int], notes: str = "") -> str:
     """Tables of median [min, max] over seeds: per target (rows) and model (columns), then the
     goals each cell misses and ``notes`` (kept from the previous file, below :data:`NOTES`)."""
-    models = [m for m in MODELS if any(r["model"] == m for r in records)]
+    models = [m for m in [*MODELS, *VARIANTS] if any(r["model"] == m for r in records)]
     ses = sorted(r["ratio_se"] for r in records)
     out = ["# Transfer: every model's default recipe on every target", "",
            f"Seeds {seeds}; median [min, max] over seeds (a cell run on fewer seeds says so). "
@@ -132,7 +201,8 @@ def markdown(records: list[dict], seeds: list[int], notes: str = "") -> str:
             rs = [r for r in records if r["model"] == m and r["target"] == t]
             if not rs:
                 continue
-            key, goal = ("ratio", GOALS[m][0]) if rs[0]["dim"] == 1 else ("c2st", GOALS[m][1])
+            family = VARIANTS[m][0] if m in VARIANTS else m
+            key, goal = ("ratio", GOALS[family][0]) if rs[0]["dim"] == 1 else ("c2st", GOALS[family][1])
             med = statistics.median(r[key] for r in rs)
             if med > goal:
                 misses.append(f"- {m} on {t}: {key} {med:.3f} > {goal}")
@@ -146,7 +216,8 @@ def markdown(records: list[dict], seeds: list[int], notes: str = "") -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--models", nargs="+", choices=list(MODELS) + list(VARIANTS),
+                        default=list(MODELS))
     parser.add_argument("--targets", nargs="+", choices=list(data.targets()),
                         default=list(data.targets()))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])

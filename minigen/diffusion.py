@@ -472,8 +472,8 @@ class Diffusion(Model):
             max_freq=4.0)
         self._scale_known = sigma_data is not None or score is not None
         self.sampler, self.stable_target, self.t_min = sampler, stable_target, t_min
-        self.recipe = dict(n_steps=4_000 if dim == 1 else 2_000, batch_size=1_024, lr=5e-3,
-                           schedule="cosine", **(recipe or {}))
+        self.recipe = {**dict(n_steps=4_000 if dim == 1 else 2_000, batch_size=1_024, lr=5e-3,
+                              schedule="cosine"), **(recipe or {})}
 
     def prepare(self, batch: Tensor) -> None:
         """Set ``sigma_data`` to the standard deviation of the first batch, unless it was given."""

@@ -265,8 +265,8 @@ class GAN(Model):
         self.average = averaged(self.generator, ema) if ema is not None else None
         if self.average is not None:
             self.average.requires_grad_(False)
-        self.recipe = dict(n_steps=2_000, batch_size=256, lr={"generator": 1e-3, "critic": 2e-3},
-                           betas=(0.5, 0.9), schedule="constant", **(recipe or {}))
+        self.recipe = {**dict(n_steps=2_000, batch_size=256, lr={"generator": 1e-3, "critic": 2e-3},
+                              betas=(0.5, 0.9), schedule="constant"), **(recipe or {})}
 
     def players(self) -> dict[str, list[nn.Parameter]]:
         return {"critic": list(self.critic.parameters()),

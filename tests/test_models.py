@@ -102,6 +102,15 @@ def test_fit_uses_the_recipe_and_records_losses_and_time():
     assert result.settings["n_steps"] == 5 and result.settings["schedule"] == "cosine"
 
 
+@pytest.mark.parametrize("family", [mmd.MMDGenerator, gan.GAN, diffusion.Diffusion, fm.FlowMatching])
+def test_recipe_argument_overrides_the_family_defaults_and_keeps_the_rest(family):
+    default = family(1).recipe
+    changed = family(1, recipe=dict(n_steps=7, batch_size=5)).recipe
+    assert (changed["n_steps"], changed["batch_size"]) == (7, 5)
+    assert {k: v for k, v in changed.items() if k not in ("n_steps", "batch_size")} == \
+        {k: v for k, v in default.items() if k not in ("n_steps", "batch_size")}
+
+
 def test_fit_gan_alternates_players_with_their_own_learning_rates():
     model = _build("WGAN")
     critic_before = [p.detach().clone() for p in model.critic.parameters()]
