@@ -156,11 +156,18 @@ class BookIndex:
 def _numbered_labels(text: str) -> list[tuple[str, str]]:
     """(kind, label) of the labelled equations, captioned figures and exercises, in order."""
     found, fence, lines = [], None, text.splitlines()
+    open_directives: list[str] = []  # fences of the directives (admonitions, ...) we are inside
     for i, line in enumerate(lines):
         if fence is not None:
             fence = None if line.strip() == fence else fence
             continue
-        directive, plain = FENCE.match(line), PLAIN_FENCE.match(line)
+        if open_directives and line.strip() == open_directives[-1]:
+            open_directives.pop()  # the closing fence of an admonition, not a new code block
+            continue
+        directive = FENCE.match(line)
+        plain = None if directive else PLAIN_FENCE.match(line)
+        if directive and directive.group(2) not in ("code-cell", "exercise"):
+            open_directives.append(directive.group(1))
         if directive and directive.group(2) == "code-cell":
             figure = (_front_matter(lines[i + 1:]).get("mystnb") or {}).get("figure") or {}
             if figure.get("caption") and figure.get("name"):
