@@ -157,7 +157,7 @@ def n_parameters(model: nn.Module) -> int:
 
 
 def width_for_parameters(n_params: int, depth: int, in_dim: int = 1, out_dim: int = 1) -> int:
-    r"""The hidden width :math:`h` whose :func:`minigen.nn.mlp` has closest to ``n_params`` parameters.
+    r"""The hidden width :math:`h` whose :func:`minigen.networks.mlp` has closest to ``n_params`` parameters.
 
     An MLP with ``depth`` hidden layers of width :math:`h` has
     :math:`(L-1) h^2 + (d_\text{in} + L + d_\text{out}) h + d_\text{out}` parameters

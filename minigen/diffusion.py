@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from . import ode
 from .data import GaussianMixture
-from .nn import ConditionalMLP, _batch, _count, _positive, _random, _same_dtype
+from .networks import ConditionalMLP, _batch, _count, _positive, _random, _same_dtype
 from .train import Model
 
 __all__ = [
@@ -295,7 +295,7 @@ class ScoreNet(nn.Module):
         F_\theta(c_t x, t), \qquad c_t = (\alpha_t^2 \sigma_{\text{data}}^2 + \sigma_t^2)^{-1/2}.
 
     The first term is the exact noise prediction for data :math:`\N(0, \sigma_{\text{data}}^2 I)`;
-    the network :math:`F_\theta` (a :class:`minigen.nn.ConditionalMLP`) learns the rest with
+    the network :math:`F_\theta` (a :class:`minigen.networks.ConditionalMLP`) learns the rest with
     unit-scale inputs and targets at every noise level, as in the preconditioning of Karras et
     al. (2022, "Elucidating the design space"). ``x`` ``(B, d)``, ``t`` ``(B,)`` or a scalar; ``forward`` returns the score
     ``(B, d)``, ``eps`` the noise prediction. Extra keyword arguments go to ``ConditionalMLP``.

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from . import ode
 from .flows import StandardNormal
-from .nn import ConditionalMLP, _batch, _random, _same_dtype
+from .networks import ConditionalMLP, _batch, _random, _same_dtype
 from .train import Model
 
 __all__ = [
@@ -202,7 +202,7 @@ class FlowMatching(Model):
     pairs them with ``coupling`` and returns :func:`cfm_loss`. ``sample`` carries source draws from
     :math:`t = 0` to the data at :math:`t = 1` with ``solver`` (:class:`minigen.ode.Solver`);
     ``log_prob`` integrates back with the divergence (:eq:`eq-fm-log-density`). The defaults are
-    chapter 7's: a :class:`minigen.nn.ConditionalMLP` with 3 hidden layers of 64 units and 4
+    chapter 7's: a :class:`minigen.networks.ConditionalMLP` with 3 hidden layers of 64 units and 4
     Fourier frequencies up to 4, a standard normal source, the linear interpolant, 8 RK4 steps.
     ``coupling=None`` picks chapter 7's choice per dimension: in 1D the sorted (exact minibatch OT)
     coupling with batches of 2,048 and a one-cycle schedule at :math:`10^{-2}`, whose nearly

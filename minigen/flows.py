@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.functional import softplus
 
-from .nn import _random, mlp
+from .networks import _random, mlp
 from .train import Model
 
 __all__ = [

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from .nn import _batch, _random, _same_dtype, mlp
+from .networks import _batch, _random, _same_dtype, mlp
 from .train import Model
 
 __all__ = [
@@ -250,7 +250,7 @@ class GAN(Model):
     """
 
     def __init__(self, dim: int, latent_dim: int | None = None, hidden: int = 64, depth: int = 2,
-                 generator: nn.Module | None = None, critic: nn.Module | None = None,
+                 generator_net: nn.Module | None = None, critic: nn.Module | None = None,
                  critic_loss: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None,
                  generator_loss: Callable[[nn.Module, Tensor], Tensor] = generator_loss_wgan,
                  n_critic: int = 2, ema: float | None = 0.99, recipe: dict | None = None):
@@ -258,11 +258,11 @@ class GAN(Model):
         if n_critic < 1:
             raise ValueError(f"n_critic must be >= 1, got {n_critic}")
         self.dim, self.latent_dim = dim, latent_dim or dim
-        self.generator = generator if generator is not None else mlp(self.latent_dim, dim, hidden, depth)
+        self.generator_net = generator_net if generator_net is not None else mlp(self.latent_dim, dim, hidden, depth)
         self.critic = critic if critic is not None else mlp(dim, 1, hidden, depth)
         self.critic_loss = critic_loss or partial(wgan_r1_r2_loss, gamma=5.0)
         self.generator_loss, self.n_critic = generator_loss, n_critic
-        self.average = averaged(self.generator, ema) if ema is not None else None
+        self.average = averaged(self.generator_net, ema) if ema is not None else None
         if self.average is not None:
             self.average.requires_grad_(False)
         self.recipe = {**dict(n_steps=2_000, batch_size=256, lr={"generator": 1e-3, "critic": 2e-3},
@@ -270,10 +270,10 @@ class GAN(Model):
 
     def players(self) -> dict[str, list[nn.Parameter]]:
         return {"critic": list(self.critic.parameters()),
-                "generator": list(self.generator.parameters())}
+                "generator": list(self.generator_net.parameters())}
 
     def _fake(self, n: int, net: nn.Module | None = None) -> Tensor:
-        return (net or self.generator)(_random(torch.randn, (n, self.latent_dim), self._like()))
+        return (net or self.generator_net)(_random(torch.randn, (n, self.latent_dim), self._like()))
 
     def training_losses(self, next_batch: Callable[[], Tensor]):
         for _ in range(self.n_critic):
@@ -285,7 +285,7 @@ class GAN(Model):
 
     def after_step(self) -> None:
         if self.average is not None:
-            self.average.update_parameters(self.generator)
+            self.average.update_parameters(self.generator_net)
 
     def loss(self, real: Tensor) -> Tensor:
         real = self._check_batch(real, "real")
@@ -296,5 +296,5 @@ class GAN(Model):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         net = self.average.module if self.average is not None and self.average.n_averaged > 0 \
-            else self.generator
+            else self.generator_net
         return net(_random(torch.randn, (n, self.latent_dim), self._like(), generator))

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from . import diffusion, ode
 from .flow_matching import LinearInterpolant, cfm_loss
-from .nn import FourierFeatures, _random, mlp
+from .networks import FourierFeatures, _random, mlp
 from .train import Model, train
 
 __all__ = [

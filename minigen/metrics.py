@@ -12,14 +12,15 @@ estimates both expectations and returns the ratio with its standard error (a :cl
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Protocol
+from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from . import runtime
 from .mmd import mmd2
+from .train import Model
 
 __all__ = [
     "Sampler",
@@ -176,7 +177,7 @@ def _fit_classifier(x: Tensor, c: Tensor, x_val: Tensor, c_val: Tensor, hidden: 
                     seed: int, every: int = 5, patience: int = 6) -> torch.nn.Module:
     """Full-batch Adam on the logistic loss; keeps the weights of the lowest validation loss and
     stops after ``patience`` checks (one every ``every`` epochs) without improvement."""
-    from .nn import mlp
+    from .networks import mlp
 
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     with torch.random.fork_rng(devices=[]):  # the same initial weights for a seed, on any device
@@ -522,3 +523,83 @@ def memorisation(generated: Tensor, train: Tensor, held: Tensor) -> Memorisation
     p = float((diff < 0).double().mean() + 0.5 * (diff == 0).double().mean())
     n, m = len(d_gen), len(d_held)
     return Memorisation(p, math.sqrt((n + m + 1) / (12 * n * m)), d_gen, d_held)
+
+
+def count_rows(networks: nn.Module | Sequence[nn.Module],
+               fn: Callable[[], Any]) -> tuple[Any, int, int]:
+    """Call ``fn()`` while counting the forward calls of ``networks``; return ``(result, calls, rows)``.
+
+    ``rows`` sums the leading dimension of the first input of every call: a call on a ``(B, d)``
+    batch evaluates a network at ``B`` points. The hooks are removed afterwards, also on error.
+    """
+    networks = [networks] if isinstance(networks, nn.Module) else list(networks)
+    counts = [0, 0]
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        x = args[0] if args else next(iter(kwargs.values()))
+        counts[0] += 1
+        counts[1] += int(x.shape[0]) if x.dim() > 0 else 1
+
+    handles = [net.register_forward_pre_hook(hook, with_kwargs=True) for net in networks]
+    try:
+        result = fn()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return result, counts[0], counts[1]
+
+
+def input_layers(model: nn.Module) -> list[nn.Linear]:
+    """The input layer of every network in ``model``: the first ``nn.Linear`` child of each module
+    that has ``nn.Linear`` children (an MLP built by :func:`minigen.networks.mlp`, say).
+
+    One point passing through a network enters it through that layer, so counting its rows counts
+    network evaluations without naming the model's parts.
+    """
+    layers = []
+    for module in model.modules():
+        first = next((c for c in module.children() if isinstance(c, nn.Linear)), None)
+        if first is not None:
+            layers.append(first)
+    return layers
+
+
+def evaluations_per_sample(model: Model, n: int,
+                           generator: torch.Generator | None = None) -> float:
+    r"""Network evaluations per sample, :math:`\text{NFE} = R / n` (book :eq:`eq-cmp-nfe`).
+
+    Draws ``model.sample(n, generator)`` ``(n, d)`` and counts the rows :math:`R` that enter any
+    of the model's networks on the way (:func:`input_layers`): 1 for a one-shot generator,
+    ``n_steps`` times the evaluations per step for an ODE or SDE solver, one per coupling layer for
+    a coupling flow (each layer has its own network), and for an iterative inverse (a monotone
+    flow) its quadrature nodes times its iterations, plus any set-up evaluations shared by the
+    batch, divided by ``n``. A model without networks (a fixed Gaussian) costs 0.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    layers = input_layers(model)
+    x, calls, rows = count_rows(layers, lambda: model.sample(n, generator))
+    if x.shape[0] != n:
+        raise ValueError(f"model.sample(n) returned {x.shape[0]} samples instead of n = {n}")
+    if layers and calls == 0:
+        raise ValueError(f"none of the {len(layers)} networks of {type(model).__name__} was "
+                         "called while sampling")
+    return rows / n
+
+
+def loglik_gap(log_p: Tensor, log_q: Tensor) -> tuple[float, float]:
+    r"""Paired log-likelihood gap :math:`\frac1N\sum_i [\log p(x_i) - \log q(x_i)]` and its standard error.
+
+    ``log_p`` and ``log_q`` ``(N,)`` are the exact and the model log densities at the *same* test
+    points :math:`x_i \sim p` (book :eq:`eq-cmp-gap`). Pairing removes the test set's own
+    fluctuation around :math:`-H(p)`, so the error is :math:`\operatorname{sd}(\log p - \log q)/\sqrt N`.
+    """
+    if log_p.shape != log_q.shape or log_p.dim() != 1 or len(log_p) < 2:
+        raise ValueError(f"log_p and log_q must both be (N,) with N >= 2, got "
+                         f"{tuple(log_p.shape)} and {tuple(log_q.shape)}")
+    diff = log_p.detach().double() - log_q.detach().double()
+    if not torch.isfinite(diff).all():
+        raise ValueError(f"{int((~torch.isfinite(diff)).sum())} log densities are not finite")
+    return float(diff.mean()), float(diff.std() / math.sqrt(len(diff)))
+
+__all__ += ['count_rows', 'input_layers', 'evaluations_per_sample', 'loglik_gap']

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .nn import _count, _finite, _random, _same_dtype, mlp
+from .networks import _count, _finite, _random, _same_dtype, mlp
 from .train import Model
 
 __all__ = [

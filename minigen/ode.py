@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor
 
-from .nn import _batch, _count
+from .networks import _batch, _count
 
 __all__ = [
     "Solver",

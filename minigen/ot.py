@@ -26,7 +26,7 @@ import torch
 from scipy import optimize, sparse
 from torch import Tensor
 
-from .nn import _count, _finite, _same_dtype
+from .networks import _count, _finite, _same_dtype
 
 __all__ = [
     "cost_matrix",

@@ -4,7 +4,8 @@ Every function draws on an ``ax`` (created when omitted), labels its axes, and r
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+import html
+from typing import Any, Callable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -222,10 +223,10 @@ def kernel_field_2d(field: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, *,
 
 
 # --- Chapters 5 (GANs) and 6 (diffusion) ---------------------------------------------------------
-__all__ += ["mode_masses"]
+__all__ += ["mode_mass_bars"]
 
 
-def mode_masses(masses: Mapping[str, Tensor | np.ndarray], expected: float | None = None, *,
+def mode_mass_bars(masses: Mapping[str, Tensor | np.ndarray], expected: float | None = None, *,
                 ax: Axes | None = None, title: str | None = None) -> Axes:
     """Grouped bars of the mass a model puts on each mode, ``{model: (K,)}``, with the exact mass as a line."""
     ax = _ax(ax, (6, 3))
@@ -320,3 +321,34 @@ def transport_plan_2d(x: Tensor, y: Tensor, plan: Tensor, *, a: Tensor | None = 
     ax.set(xlabel="$x_1$", ylabel="$x_2$", title=title, aspect="equal")
     ax.legend(frameon=False, fontsize=8)
     return ax
+
+
+def _cell(value: Any, fmt: str | None) -> str:
+    if value is None:
+        return "&ndash;"
+    if isinstance(value, float) and fmt is not None:
+        return html.escape(format(value, fmt))
+    return html.escape(str(value))
+
+
+def html_table(rows: Sequence[Mapping[str, Any]], formats: Mapping[str, str] | None = None,
+               caption: str | None = None) -> str:
+    """An HTML ``<table>`` with one row per mapping, columns in the order of the first row's keys.
+
+    ``formats`` maps a column to a format spec for its float values (e.g. ``".2f"``); ``None``
+    values show as a dash; every cell is HTML-escaped. Display it with ``IPython.display.HTML``.
+    """
+    if not rows:
+        raise ValueError("html_table needs at least one row")
+    columns = list(rows[0])
+    for k, row in enumerate(rows):
+        if list(row) != columns:
+            raise ValueError(f"row {k} has columns {list(row)}, expected {columns}")
+    formats = formats or {}
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(row[c], formats.get(c))}</td>" for c in columns)
+                   + "</tr>" for row in rows)
+    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+__all__ += ['html_table']

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .flows import ConditionalFlow
-from .nn import _random
+from .networks import _random
 
 __all__ = ["GridPosterior", "grid_posterior", "hpd_levels", "coverage", "expected_coverage",
            "coverage_log_probs", "binomial_band"]

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .nn import _count, mlp
+from .networks import _count, mlp
 from .train import train
 
 __all__ = [
@@ -98,16 +98,16 @@ def ratio_training_set(simulator, theta: Tensor, theta_ref: float,
                        generator: torch.Generator | None = None) -> dict[str, Tensor]:
     r"""Simulate one :math:`x \sim p(x|\theta_i)` and one :math:`x \sim p(x|\theta_{\text{ref}})` per ``theta`` ``(n,)``.
 
-    ``simulator`` has ``simulate(theta, generator) -> (x, z)``, ``joint_log_ratio(z, theta0,
+    ``simulator`` has ``simulate_joint(theta, generator) -> (x, z)``, ``joint_log_ratio(z, theta0,
     theta1)`` and ``joint_score(z, theta)`` (e.g. :class:`minigen.simulators.SmearedExponential`).
     Returns a dict of ``2n`` rows (keys as in the module docstring); the joint score is at
     :math:`\theta_i` and is used only where ``y == 0``. A plain function raises ``TypeError``.
     """
-    missing = [m for m in ("simulate", "joint_log_ratio", "joint_score") if not callable(getattr(simulator, m, None))]
+    missing = [m for m in ("simulate_joint", "joint_log_ratio", "joint_score") if not callable(getattr(simulator, m, None))]
     if missing:
         raise TypeError(
             f"simulator must be an object like minigen.simulators.SmearedExponential, with "
-            f"simulate(theta, generator) -> (x, z), joint_log_ratio(z, theta0, theta1) and "
+            f"simulate_joint(theta, generator) -> (x, z), joint_log_ratio(z, theta0, theta1) and "
             f"joint_score(z, theta); got {type(simulator).__name__} "
             f"{getattr(simulator, '__name__', '')!s}, which lacks {', '.join(missing)}. A plain "
             f"function x = f(theta) hides the latent z these losses need: write a class with those "
@@ -116,8 +116,8 @@ def ratio_training_set(simulator, theta: Tensor, theta_ref: float,
         raise ValueError(f"theta must be a non-empty vector (n,), got "
                          f"{tuple(theta.shape) if isinstance(theta, Tensor) else type(theta).__name__}")
     ref = torch.full_like(theta, theta_ref)
-    x0, z0 = simulator.simulate(theta, generator)
-    x1, z1 = simulator.simulate(ref, generator)
+    x0, z0 = simulator.simulate_joint(theta, generator)
+    x1, z1 = simulator.simulate_joint(ref, generator)
     z = torch.cat([z0, z1])
     th = torch.cat([theta, theta])
     return {"x": torch.cat([x0, x1]), "theta": th[:, None], "y": torch.cat([torch.zeros_like(theta),
@@ -431,7 +431,7 @@ def likelihood_training_set(simulator, theta: Tensor,
     if not isinstance(theta, Tensor) or theta.dim() != 1 or theta.numel() == 0:
         raise ValueError(f"theta must be a non-empty vector (n,), got "
                          f"{tuple(theta.shape) if isinstance(theta, Tensor) else type(theta).__name__}")
-    x, z = simulator.simulate(theta, generator)
+    x, z = simulator.simulate_joint(theta, generator)
     return {"x": x, "theta": theta[:, None], "t_joint": simulator.joint_score(z, theta)}
 
 

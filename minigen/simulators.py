@@ -21,12 +21,12 @@ import math
 import torch
 from torch import Tensor
 
-from .nn import _random
+from .networks import _random
 from .ode import rk4_step
 
 __all__ = [
     "Simulator",
-    "TwoMoonsSim",
+    "TwoMoonsSimulator",
     "InverseKinematics",
     "SLCP",
     "GaussianMixtureSim",
@@ -74,7 +74,7 @@ class Simulator:
         return float((self.high - self.low).log().sum())
 
 
-class TwoMoonsSim(Simulator):
+class TwoMoonsSimulator(Simulator):
     r"""Two moons (sbibm): a noisy half circle shifted by :math:`(-|\theta_1+\theta_2|, \theta_2-\theta_1)/\sqrt2`.
 
     Latents :math:`a \sim U(-\pi/2, \pi/2)`, :math:`r \sim N(0.1, 0.01^2)`; reference source
@@ -316,11 +316,11 @@ class _SIRSolve(torch.autograd.Function):
 
 def tasks() -> dict[str, Simulator]:
     """The five source-estimation tasks of chapter 9, by short name."""
-    return {"two_moons": TwoMoonsSim(), "ik": InverseKinematics(), "slcp": SLCP(),
+    return {"two_moons": TwoMoonsSimulator(), "ik": InverseKinematics(), "slcp": SLCP(),
             "gmm": GaussianMixtureSim(), "sir": SIR()}
 
 
-class SmearedExponential:
+class SmearedExponential(Simulator):
     r"""A decay time :math:`z \sim \mathrm{Exp}(\theta)` seen through a detector: :math:`x = z + \sigma\varepsilon`.
 
     The latent :math:`z` makes :math:`p(x|\theta) = \int p(x|z)\, p(z|\theta)\, dz` an integral;
@@ -332,13 +332,29 @@ class SmearedExponential:
     and :meth:`log_prob_quadrature` computes the integral numerically. The joint ratio and the
     joint score only need :math:`p(z|\theta)`: :math:`\log r(x, z) = \log(\theta_0/\theta_1)
     - (\theta_0 - \theta_1) z` and :math:`t(x, z) = 1/\theta - z` (:eq:`eq-sbi-joint`).
-    Shapes: ``theta`` ``(n,)``, ``x`` and ``z`` ``(n, 1)``.
+    As a :class:`Simulator`, ``sim(theta, generator)`` maps rates ``(n, 1)`` to observations
+    ``(n, 1)``; :meth:`simulate_joint` also returns the latent decay times, which the
+    likelihood-ratio methods of chapter 10 use. Shapes there: ``theta`` ``(n,)``, ``x`` and ``z``
+    ``(n, 1)``. The box of rates is [0.25, 4] (its uniform law is :meth:`sample_source`).
     """
+
+    name = "smeared exponential"
+    dim_theta = dim_x = 1
 
     def __init__(self, sigma: float = 0.5):
         if sigma <= 0:
             raise ValueError(f"sigma must be positive, got {sigma}")
         self.sigma = sigma
+        self.low, self.high = torch.tensor([0.25]), torch.tensor([4.0])
+        self.source_entropy = math.log(4.0 - 0.25)
+
+    def simulate(self, theta: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Observations ``x`` ``(n, 1)`` for rates ``theta`` ``(n, 1)`` (the latent dropped)."""
+        return self.simulate_joint(theta[:, 0], generator)[0]
+
+    def sample_source(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Rates ``(n, 1)``, uniform on the box [0.25, 4] (float32, CPU)."""
+        return self.low + (self.high - self.low) * torch.rand(n, 1, generator=generator)
 
     @staticmethod
     def _theta(theta: Tensor | float, n: int | None = None) -> Tensor:
@@ -348,7 +364,7 @@ class SmearedExponential:
             raise ValueError("theta (the decay rate) must be positive")
         return theta.reshape(-1, 1) if n is None else theta.reshape(-1, 1).expand(n, 1)
 
-    def simulate(self, theta: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def simulate_joint(self, theta: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Return ``(x, z)``, each ``(n, 1)``, for rates ``theta`` ``(n,)`` (in its dtype, on its device)."""
         th = self._theta(theta)
         e = _random(torch.rand, th.shape, th, generator).clamp_min(1e-12)

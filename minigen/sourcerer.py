@@ -29,10 +29,9 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from .metrics import sliced_wasserstein
-from .nn import _finite, _random, _same_dtype, mlp
+from .networks import _finite, _random, _same_dtype, mlp
 from .simulators import Simulator
 from .train import FitResult, Model, fit
 

@@ -6,7 +6,7 @@ import torch
 from torch.testing import assert_close
 
 from minigen import approx
-from minigen import nn as mnn
+from minigen import networks as mnn
 
 F64 = dict(dtype=torch.float64)
 

@@ -125,14 +125,14 @@ def test_curve_mixture_sample_follows_the_parameters(draws):
 
 def test_smeared_exponential_follows_theta(draws):
     sim = simulators.SmearedExponential()
-    x, z = sim.simulate(torch.full((20,), 0.8, dtype=F64), gen())
+    x, z = sim.simulate_joint(torch.full((20,), 0.8, dtype=F64), gen())
     assert x.dtype == z.dtype == F64
     assert_every_draw_is(draws, F64)
     assert sim.log_prob_quadrature(x, 0.8, n_points=101).dtype == F64
 
 
 def test_simulators_draw_in_the_dtype_of_theta(draws):
-    sim = simulators.TwoMoonsSim()
+    sim = simulators.TwoMoonsSimulator()
     assert sim(x64(10, 2), gen()).dtype == F64
     assert_every_draw_is(draws, F64)
 

@@ -8,7 +8,7 @@ import torch
 from torch.autograd.functional import jacobian
 from torch.testing import assert_close
 
-from minigen import data, flows, train
+from minigen import flows, train
 
 
 def _randomise(module: torch.nn.Module, seed: int = 0, std: float = 0.3) -> torch.nn.Module:

@@ -150,7 +150,7 @@ def test_plot_mode_masses_draws_one_bar_per_mode_and_model():
     from minigen import plot
 
     masses = {"a": torch.tensor([0.1, 0.2, 0.3]), "b": torch.tensor([0.3, 0.3, 0.3])}
-    ax = plot.mode_masses(masses, expected=1 / 3)
+    ax = plot.mode_mass_bars(masses, expected=1 / 3)
     heights = sorted(round(p.get_height(), 6) for p in ax.patches)
     assert heights == sorted([0.1, 0.2, 0.3, 0.3, 0.3, 0.3])
     assert ax.get_xlabel() == "mode" and ax.get_ylabel() == "mass"
@@ -197,17 +197,17 @@ def test_averaged_generator_is_the_exponential_moving_average_started_at_the_fir
 
 def _gan(n_critic: int = 1, ema: float | None = None, **losses) -> gan.GAN:
     G, C = _players()
-    return gan.GAN(2, latent_dim=3, generator=G, critic=C, n_critic=n_critic, ema=ema, **losses)
+    return gan.GAN(2, latent_dim=3, generator_net=G, critic=C, n_critic=n_critic, ema=ema, **losses)
 
 
 def test_fit_gan_returns_every_loss_and_moves_both_players():
     model = _gan(n_critic=2, critic_loss=gan.critic_loss)
-    g_before, c_before = _snapshot(model.generator), _snapshot(model.critic)
+    g_before, c_before = _snapshot(model.generator_net), _snapshot(model.critic)
     seen = []
     result = train.fit(model, lambda n: torch.randn(n, 2) + 2, 5, batch_size=8, callback=seen.append,
                        progress=False)
     assert result.losses.shape == (5, 3) and seen == [0, 1, 2, 3, 4]  # two critic losses, then G's
-    assert _changed(model.generator, g_before) and _changed(model.critic, c_before)
+    assert _changed(model.generator_net, g_before) and _changed(model.critic, c_before)
     with pytest.raises(ValueError, match="n_critic must be >= 1"):
         _gan(n_critic=0)
 
@@ -217,14 +217,14 @@ def test_fit_gan_critic_step_moves_only_the_critic_and_generator_step_only_the_g
     seen = {}
 
     def critic_loss(f, real, fake):
-        seen["G at critic loss"] = _snapshot(model.generator)
+        seen["G at critic loss"] = _snapshot(model.generator_net)
         return gan.critic_loss(f, real, fake)
 
     def generator_loss(f, fake):
-        seen["G at generator loss"] = _snapshot(model.generator)
+        seen["G at generator loss"] = _snapshot(model.generator_net)
         seen["C at generator loss"] = _snapshot(model.critic)
         seen["C grads at generator loss"] = [p.grad.clone() for p in model.critic.parameters()]
-        seen["G grads at generator loss"] = [p.grad for p in model.generator.parameters()]
+        seen["G grads at generator loss"] = [p.grad for p in model.generator_net.parameters()]
         return gan.generator_loss_wgan(f, fake)
 
     model = _gan(critic_loss=critic_loss, generator_loss=generator_loss)
@@ -236,7 +236,7 @@ def test_fit_gan_critic_step_moves_only_the_critic_and_generator_step_only_the_g
         assert torch.equal(p, q)
     assert all(gr is None for gr in seen["G grads at generator loss"])
     # the generator step moved the generator, not the critic, and left the critic's grads alone
-    assert _changed(model.generator, seen["G at generator loss"])
+    assert _changed(model.generator_net, seen["G at generator loss"])
     assert not _changed(model.critic, seen["C at generator loss"])
     for p, gr in zip(model.critic.parameters(), seen["C grads at generator loss"]):
         assert torch.equal(p.grad, gr)
@@ -247,7 +247,7 @@ def test_fit_gan_equals_critic_step_and_generator_step_alternated_by_hand():
     real = [torch.randn(16, 2, dtype=torch.float64) + 2 for _ in range(4)]
     G, C = (m.double() for m in _players())
     by_hand = [copy.deepcopy(G), copy.deepcopy(C)]
-    model = gan.GAN(2, 3, generator=G, critic=C, critic_loss=gan.discriminator_loss,
+    model = gan.GAN(2, 3, generator_net=G, critic=C, critic_loss=gan.discriminator_loss,
                     generator_loss=gan.generator_loss_nonsaturating, n_critic=1, ema=None)
     batches = iter(real)
     torch.manual_seed(3)
@@ -271,7 +271,7 @@ def test_fit_gan_updates_the_average_after_every_step():
     model = _gan(n_critic=1, ema=0.5, critic_loss=gan.critic_loss)
     snapshots = []
     train.fit(model, lambda n: torch.randn(n, 2) + 2, 3, batch_size=8, progress=False,
-              callback=lambda k: snapshots.append(_snapshot(model.generator)))
+              callback=lambda k: snapshots.append(_snapshot(model.generator_net)))
     expected = snapshots[0]
     for snap in snapshots[1:]:
         expected = [0.5 * e + 0.5 * s for e, s in zip(expected, snap)]

@@ -252,7 +252,7 @@ def test_ratio_training_set_names_the_methods_a_plain_function_lacks():
     def f(theta, generator=None):
         return theta[:, None]
 
-    with pytest.raises(TypeError, match="like minigen.simulators.SmearedExponential.*lacks simulate, joint_log_ratio, joint_score"):
+    with pytest.raises(TypeError, match="like minigen.simulators.SmearedExponential.*lacks simulate_joint, joint_log_ratio, joint_score"):
         sbi.ratio_training_set(f, torch.full((4,), 0.8, dtype=F64), 1.0)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from minigen import mmd, nn
+from minigen import mmd, networks
 
 F64 = torch.float64
 
@@ -133,7 +133,7 @@ def test_kernel_nll_of_one_point_is_the_gaussian_log_density():
 
 
 def test_generator_loss_is_the_unbiased_mmd2_of_pushed_forward_noise():
-    gen = nn.mlp(1, 1, hidden=8, depth=1).double()
+    gen = networks.mlp(1, 1, hidden=8, depth=1).double()
     y = _sample(16, 1, 14)
     torch.manual_seed(0)
     loss = mmd.generator_loss(gen, y, KERNELS["gaussian"])

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from minigen import nn as mnn
+from minigen import networks as mnn
 from minigen import optim, train
 
 # (ours, torch's, shared hyper-parameters): the pairs the book claims are equal.

@@ -372,8 +372,8 @@ def test_alices_soft_label_averages_to_the_optimal_classifier_and_alpha_zero_wit
     expected = (-(s * c.log() + (1 - s) * (1 - c).log()) + 0.5 * (1 - batch["y"]) * (batch["t_joint"] - score) ** 2).mean()
     assert_close(sbi.alices_loss(net, batch, alpha=0.5), expected)
     # E[s(x, z) | x] over both classes = p(x|ref) / (p(x|theta) + p(x|ref)): the reweighting identity
-    x_ref, z_ref = sim.simulate(torch.full((400_000,), 1.0, dtype=F64), gen(5))
-    x_th, z_th = sim.simulate(torch.full((400_000,), 0.8, dtype=F64), gen(6))
+    x_ref, z_ref = sim.simulate_joint(torch.full((400_000,), 1.0, dtype=F64), gen(5))
+    x_th, z_th = sim.simulate_joint(torch.full((400_000,), 0.8, dtype=F64), gen(6))
     w = lambda x: torch.exp(-0.5 * ((x[:, 0] - 1.5) / 0.2) ** 2)  # a window around x = 1.5
     soft = lambda z: 1 / (1 + sim.joint_log_ratio(z, 0.8, 1.0).exp())
     mean_s = ((w(x_ref) * soft(z_ref)).sum() + (w(x_th) * soft(z_th)).sum()) / (w(x_ref).sum() + w(x_th).sum())

@@ -44,7 +44,7 @@ def test_wrong_theta_shape_names_the_task():
 
 
 def test_two_moons_cannot_see_the_reflection():
-    sim = simulators.TwoMoonsSim()
+    sim = simulators.TwoMoonsSimulator()
     theta = sim.sample_source(500, gen())
     reflected = -theta.flip(1)  # (t1, t2) -> (-t2, -t1)
     assert_close(sim(theta, gen(1)), sim(reflected, gen(1)))
@@ -111,7 +111,7 @@ def test_sir_forward_sensitivities_equal_backpropagation_through_the_steps():
 
 def test_smeared_exponential_closed_form_equals_the_latent_integral_and_normalises():
     sim = simulators.SmearedExponential(0.5)
-    x, _ = sim.simulate(torch.full((500,), 1.3, dtype=torch.float64), gen())
+    x, _ = sim.simulate_joint(torch.full((500,), 1.3, dtype=torch.float64), gen())
     assert_close(sim.log_prob_quadrature(x, 1.3), sim.log_prob(x, 1.3), atol=1e-6, rtol=0)
     grid = torch.linspace(-5, 60, 200_001, dtype=torch.float64)[:, None]
     assert_close(torch.trapezoid(sim.log_prob(grid, 0.7).exp(), grid[:, 0]),
@@ -120,7 +120,7 @@ def test_smeared_exponential_closed_form_equals_the_latent_integral_and_normalis
 
 def test_smeared_exponential_joint_ratio_and_score_match_the_exponential_density():
     sim = simulators.SmearedExponential(0.5)
-    _, z = sim.simulate(torch.full((100,), 0.9, dtype=torch.float64), gen())
+    _, z = sim.simulate_joint(torch.full((100,), 0.9, dtype=torch.float64), gen())
     expo = torch.distributions.Exponential
     assert_close(sim.joint_log_ratio(z, 0.8, 1.2),
                  expo(torch.tensor(0.8)).log_prob(z[:, 0]) - expo(torch.tensor(1.2)).log_prob(z[:, 0]))
@@ -131,7 +131,7 @@ def test_smeared_exponential_joint_ratio_and_score_match_the_exponential_density
 
 def test_joint_ratio_reweights_reference_samples_to_another_rate():
     sim = simulators.SmearedExponential(0.5)
-    x_ref, z_ref = sim.simulate(torch.full((400_000,), 1.0, dtype=torch.float64), gen())
+    x_ref, z_ref = sim.simulate_joint(torch.full((400_000,), 1.0, dtype=torch.float64), gen())
     weighted = (sim.joint_log_ratio(z_ref, 1.2, 1.0).exp() * x_ref[:, 0]).mean()
     assert abs(float(weighted) - 1 / 1.2) < 0.01  # E[x | theta] = 1/theta
 
@@ -140,7 +140,7 @@ def test_smeared_exponential_rejects_bad_parameters():
     with pytest.raises(ValueError, match="sigma must be positive"):
         simulators.SmearedExponential(0.0)
     with pytest.raises(ValueError, match="must be positive"):
-        simulators.SmearedExponential().simulate(torch.tensor([1.0, -1.0]))
+        simulators.SmearedExponential().simulate_joint(torch.tensor([1.0, -1.0]))
 
 
 def test_stochastic_sir_counts_whole_people_and_has_no_gradient():
@@ -184,3 +184,17 @@ def test_stochastic_sir_rejects_a_bad_setup():
         simulators.StochasticSIR(population=5, i0=10)
     with pytest.raises(ValueError, match="every dividing n_steps"):
         simulators.StochasticSIR(n_steps=10, every=3)
+
+
+def test_smeared_exponential_is_a_simulator_whose_call_drops_the_latent():
+    sim = simulators.SmearedExponential(sigma=0.5)
+    assert isinstance(sim, simulators.Simulator)
+    theta = torch.full((50_000, 1), 1.3, dtype=torch.float64)
+    x = sim(theta, torch.Generator().manual_seed(0))
+    x_joint, z = sim.simulate_joint(theta[:, 0], torch.Generator().manual_seed(0))
+    assert x.shape == (50_000, 1) and torch.equal(x, x_joint)      # same draws, latent dropped
+    assert abs(float(x.mean()) - 1 / 1.3) < 4 * (1 / 1.3**2 + 0.25) ** 0.5 / 50_000**0.5  # E x = 1/theta
+    src = sim.sample_source(10_000, torch.Generator().manual_seed(1))
+    assert float(src.min()) >= 0.25 and float(src.max()) <= 4.0
+    with pytest.raises(ValueError, match=r"theta must have shape \(n, 1\)"):
+        sim(torch.ones(5), torch.Generator())

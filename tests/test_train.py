@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from minigen import nn, train
+from minigen import networks, train
 
 
 def test_train_fits_a_linear_map_and_returns_the_history():
@@ -46,7 +46,7 @@ def test_loop_records_several_losses_and_rejects_infinite_ones():
 
 
 def test_train_updates_every_parameter_of_an_mlp():
-    model = nn.mlp(2, 1, hidden=8, depth=2)
+    model = networks.mlp(2, 1, hidden=8, depth=2)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     before = [p.detach().clone() for p in model.parameters()]
     train.train(model, lambda m, b: m(b).pow(2).mean(), opt, torch.randn(16, 2), 3, progress=False)

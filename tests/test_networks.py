@@ -4,19 +4,19 @@ import math
 import pytest
 import torch
 
-from minigen import nn
+from minigen import networks
 
 
 def test_mlp_shapes_and_depth():
-    net = nn.mlp(3, 2, hidden=16, depth=4)
+    net = networks.mlp(3, 2, hidden=16, depth=4)
     assert net(torch.zeros(5, 3)).shape == (5, 2)
     assert sum(isinstance(m, torch.nn.Linear) for m in net) == 5
     with pytest.raises(ValueError, match="depth"):
-        nn.mlp(1, 1, depth=0)
+        networks.mlp(1, 1, depth=0)
 
 
 def test_fourier_features_are_sines_and_cosines_of_the_frequencies():
-    ff = nn.FourierFeatures(n_freq=4, max_freq=8.0)
+    ff = networks.FourierFeatures(n_freq=4, max_freq=8.0)
     t = torch.tensor([0.0, 0.25])
     out = ff(t)
     assert out.shape == (2, 8)
@@ -27,7 +27,7 @@ def test_fourier_features_are_sines_and_cosines_of_the_frequencies():
 
 def test_conditional_mlp_broadcasts_a_scalar_time_and_depends_on_it():
     torch.manual_seed(0)
-    net = nn.ConditionalMLP(2, hidden=32, depth=2)
+    net = networks.ConditionalMLP(2, hidden=32, depth=2)
     x = torch.randn(6, 2)
     assert net(x, 0.3).shape == (6, 2)
     torch.testing.assert_close(net(x, 0.3), net(x, torch.full((6,), 0.3)))
@@ -37,6 +37,6 @@ def test_conditional_mlp_broadcasts_a_scalar_time_and_depends_on_it():
 
 
 def test_every_parameter_of_a_conditional_mlp_receives_a_gradient():
-    net = nn.ConditionalMLP(2, hidden=8, depth=2)
+    net = networks.ConditionalMLP(2, hidden=8, depth=2)
     net(torch.randn(4, 2), torch.rand(4)).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
