@@ -69,13 +69,21 @@ def run_chapter(path: Path) -> dict:
     try:
         client.execute()
     except Exception as err:  # a failing chapter is recorded, not fatal to the benchmark
-        status = f"failed: {type(err).__name__}: {str(err).strip().splitlines()[-1][:200]}"
+        status = f"failed: {type(err).__name__}: {_failure(str(err))}"
     seconds = time.perf_counter() - start
     figures: dict = {}
     for line in Path(report).read_text().splitlines():
         figures.update(json.loads(line))
     os.unlink(report)
     return {"chapter": path.stem, "seconds": round(seconds, 1), "status": status, "figures": figures}
+
+
+def _failure(text: str) -> str:
+    """The failing line and the error of a cell's traceback, without terminal colours (one line)."""
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines() if ln.strip()]
+    arrow = [ln for ln in lines if ln.startswith("---->")]
+    error = [ln for ln in lines if re.match(r"^\w*(Error|Exception)\b", ln)]
+    return " | ".join((arrow[-1:] + error[-1:]) or lines[-1:])[:400]
 
 
 def from_build(log: Path, wanted: list[Path] | None = None) -> list[dict]:
