@@ -93,15 +93,18 @@ def to_markdown(runs: list[dict]) -> str:
     lines = [f"# Chapters over book seeds ({datetime.date.today()})", "",
              f"Each chapter executed in a fresh kernel with `MINIGEN_SEED` = {', '.join(map(str, seeds))} "
              f"({os.cpu_count()} CPU cores, Python {platform.python_version()}). "
-             "A chapter passes at a seed when every cell, every assert included, ran.", "",
+             "A chapter passes at a seed when every cell, every assert included, ran. The time shown is "
+             "the chapter kernel's CPU time (wall times, on a shared machine, are in seeds.json).", "",
              "## Status", "", "| chapter | " + " | ".join(f"seed {s}" for s in seeds) + " |",
              "|---|" + "---|" * len(seeds)]
     for c in chapters:
         cells = []
         for s in seeds:
             r = by.get((c, s))
+            cpu = None if r is None else r["figures"].get("kernel_cpu_s")
             cells.append("—" if r is None else
-                         (f"ok ({r['seconds']:.0f} s)" if r["status"] == "ok" else r["status"].replace("|", "/")))
+                         (f"ok ({cpu:.0f} s CPU)" if r["status"] == "ok" and cpu is not None else
+                          "ok" if r["status"] == "ok" else r["status"].replace("|", "/")))
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     lines += ["", "## Figures", "", "Value at seed 0, then median, minimum and maximum over the seeds "
               "at which the chapter passed (n).", ""]
