@@ -253,24 +253,6 @@ def _chi2_1_quantile(level: float) -> float:
     return float(2 * torch.special.erfinv(torch.tensor(level, dtype=torch.float64)) ** 2)
 
 
-def _region(t: Tensor, d: Tensor) -> tuple[int, float, float]:
-    """Index of the minimum of ``d`` ``(m,)`` and the smallest interval holding every point where ``d <= 0``.
-
-    Ends are linearly interpolated where ``d`` crosses zero; a set reaching the end of the grid
-    stops there.
-    """
-    k = int(d.argmin())
-    inside = torch.nonzero(d <= 0)[:, 0]
-    lo_i, hi_i = (int(inside[0]), int(inside[-1])) if len(inside) else (k, k)
-
-    def cross(i: int, j: int) -> float:  # where d crosses 0 between grid points i (inside) and j
-        return float(t[i] - d[i] / (d[j] - d[i]) * (t[j] - t[i]))
-
-    low = cross(lo_i, lo_i - 1) if lo_i > 0 else float(t[0])
-    high = cross(hi_i, hi_i + 1) if hi_i < len(t) - 1 else float(t[-1])
-    return k, low, high
-
-
 def _check_curves(theta: Tensor, curves: Tensor, name: str) -> None:
     if theta.dim() != 1 or curves.dim() not in (1, 2) or curves.shape[-1] != len(theta) or len(theta) < 2:
         raise ValueError(f"theta must be a grid (m,) with m >= 2 and {name} (m,) or (T, m) on it, got "
@@ -289,10 +271,8 @@ def likelihood_interval(theta: Tensor, log_lik: Tensor, level: float = 0.6827) -
     """
     if theta.shape != log_lik.shape or theta.dim() != 1:
         raise ValueError("theta and log_lik must be 1D of equal length")
-    q = _chi2_1_quantile(level)
-    t = theta.double()
-    k, low, high = _region(t, likelihood_ratio_statistic(log_lik.double()) - q)
-    return float(t[k]), low, high
+    low, high = wilks_interval(theta, log_lik, level)
+    return float(theta[log_lik.argmax()]), float(low), float(high)
 
 
 def likelihood_ratio_statistic(log_lik: Tensor) -> Tensor:
@@ -310,8 +290,8 @@ def wilks_interval(theta: Tensor, log_lik: Tensor, level: float = 0.6827) -> tup
 
     Wilks' theorem: at the true :math:`\theta`, :math:`q(\theta) \to \chi^2_1` in distribution
     as the number of events grows (:eq:`eq-sbi-wilks`). ``theta`` ``(m,)`` increasing grid,
-    ``log_lik`` ``(T, m)`` or ``(m,)``; returns ``(low, high)``, each ``(T,)`` (or 0-d), the
-    run of grid points around the maximum inside the cut, ends linearly interpolated.
+    ``log_lik`` ``(T, m)`` or ``(m,)``; returns ``(low, high)``, each ``(T,)`` (or 0-d): the
+    smallest interval holding every grid point inside the cut, ends linearly interpolated.
     """
     _check_curves(theta, log_lik, "log_lik")
     cut = torch.full_like(theta, _chi2_1_quantile(level), dtype=torch.float64)
@@ -338,7 +318,8 @@ def neyman_interval(theta: Tensor, q: Tensor, cut: Tensor) -> tuple[Tensor, Tens
 
     ``theta`` ``(m,)`` increasing grid, ``cut`` ``(m,)`` the belt :math:`c(\theta)` from
     :func:`neyman_belt` (or a constant :math:`\chi^2_1` quantile for Wilks). Each row gives the
-    run of grid points around the minimum of :math:`q - c` where :math:`q \le c`, ends linearly
+    smallest interval holding every grid point where :math:`q \le c` (a Neyman set may be
+    disconnected; an empty one shrinks to the minimum of :math:`q - c`), ends linearly
     interpolated (:eq:`eq-sbi-neyman`). Returns ``(low, high)``, each ``(T,)`` (or 0-d).
     """
     _check_curves(theta, q, "q")
