@@ -6,12 +6,13 @@ or, to tabulate a book build that already ran (``jupyter-book build . 2>&1 | tee
 without executing anything again:  ``python benchmarks/run.py --from-build build.log``. For a
 chapter the build executed, myst-nb logs its wall time; for one it took from the execution cache
 (``Using cached notebook``, the chapter tests ran it), the time is the one recorded in that cache.
-The figures are read from the executed notebooks in ``_build/jupyter_execute`` (the lines
-``report`` printed).
+The figures are read from the executed notebooks in ``_build/jupyter_execute``.
 
 Each chapter in ``_toc.yml`` that is a notebook is executed in a fresh kernel (working directory
-``book/``, one intra-op thread, progress bars off). The figures a chapter passes to
-``minigen.runtime.report`` are collected through the ``MINIGEN_REPORT`` file. Results go to
+``book/``, one intra-op thread, progress bars off). A chapter's figures are the numbers it glues
+(``myst_nb.glue(name, value, display=False)``: stored in the executed notebook, not shown on the
+page; glued text, which the prose quotes, is not a figure), read from the executed notebook by
+:func:`glued_figures`. Results go to
 ``results.md`` and ``results.json`` in ``--out`` (default ``benchmarks/``), with the machine's
 core count; they are written to temporary files and renamed only once every requested chapter
 has run, so an interrupted run leaves the recorded results as they were.
@@ -55,14 +56,12 @@ def run_chapter(path: Path) -> dict:
     import nbclient
     import nbformat
 
-    with tempfile.NamedTemporaryFile("w+", suffix=".jsonl", delete=False) as f:
-        report = f.name
-    os.environ.update(MINIGEN_REPORT=report, MINIGEN_PROGRESS="0", MINIGEN_KEEP_FREED_MEMORY="1", OMP_NUM_THREADS="1")
+    os.environ.update(MINIGEN_PROGRESS="0", MINIGEN_KEEP_FREED_MEMORY="1", OMP_NUM_THREADS="1")
     nb = jupytext.read(path)
     # A last cell records the kernel's CPU time: unlike wall time, it barely moves with machine load.
     nb.cells.append(nbformat.v4.new_code_cell(
-        "import time as _time\nfrom minigen.runtime import report as _report\n"
-        "_report(kernel_cpu_s=round(_time.process_time(), 1))"))
+        "import time as _time\nfrom myst_nb import glue as _glue\n"
+        "_glue('kernel_cpu_s', round(_time.process_time(), 1), display=False)"))
     client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
                                      resources={"metadata": {"path": str(path.parent)}})
     start, status = time.perf_counter(), "ok"
@@ -71,11 +70,32 @@ def run_chapter(path: Path) -> dict:
     except Exception as err:  # a failing chapter is recorded, not fatal to the benchmark
         status = f"failed: {type(err).__name__}: {_failure(str(err))}"
     seconds = time.perf_counter() - start
-    figures: dict = {}
-    for line in Path(report).read_text().splitlines():
-        figures.update(json.loads(line))
-    os.unlink(report)
-    return {"chapter": path.stem, "seconds": round(seconds, 1), "status": status, "figures": figures}
+    return {"chapter": path.stem, "seconds": round(seconds, 1), "status": status,
+            "figures": glued_figures(nb)}
+
+
+GLUED = "application/papermill.record/text/plain"  # where myst_nb.glue(..., display=False) stores a value
+
+
+def glued_figures(nb) -> dict[str, float]:
+    """The numbers an executed notebook glued, by name, in cell order.
+
+    ``myst_nb.glue(name, value, display=False)`` stores ``repr(value)`` under the ``scrapbook``
+    metadata; a number is a figure, glued text (a quoted string, formatted for the prose) is not.
+    A name glued twice is an error, as it is for the book build.
+    """
+    figures: dict[str, float] = {}
+    for cell in nb.cells:
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            name = out.get("metadata", {}).get("scrapbook", {}).get("name")
+            if name is None or GLUED not in out.get("data", {}):
+                continue
+            if name in figures:
+                raise ValueError(f"{name!r} is glued twice")
+            value = _number(out["data"][GLUED])
+            if isinstance(value, float):
+                figures[name] = value
+    return figures
 
 
 def _failure(text: str) -> str:
@@ -95,7 +115,6 @@ def from_build(log: Path, wanted: list[Path] | None = None) -> list[dict]:
     seconds = {m[1]: float(m[2]) for m in re.finditer(
         r"book/(\S+)\.md: Executed notebook in ([0-9.]+) seconds", text)}
     seconds.update(_cached_seconds(text))
-    figure_line = re.compile(r"^([\w.]+)\s{2,}(\S+)$")  # names may hold a dot: sweep_lambda_0.1_c2st
     rows = []
     for path in wanted or chapters():
         executed = ROOT / "_build" / "jupyter_execute" / "book" / f"{path.stem}.ipynb"
@@ -103,14 +122,7 @@ def from_build(log: Path, wanted: list[Path] | None = None) -> list[dict]:
             rows.append({"chapter": path.stem, "seconds": float("nan"), "status": "not in build",
                          "figures": {}})
             continue
-        figures: dict = {}
-        for cell in nbformat.read(executed, as_version=4).cells:
-            if cell.cell_type != "code" or "report(" not in cell.source:
-                continue
-            for out in cell.get("outputs", []):
-                for line in out.get("text", "").splitlines():
-                    if m := figure_line.match(line.strip()):
-                        figures[m[1]] = _number(m[2])
+        figures = glued_figures(nbformat.read(executed, as_version=4))
         rows.append({"chapter": path.stem, "seconds": seconds[path.stem], "status": "ok",
                      "figures": figures})
     return rows

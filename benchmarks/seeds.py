@@ -6,7 +6,7 @@ Every chapter calls ``minigen.setup()``, which takes the book seed from ``MINIGE
 random stream a chapter draws (``minigen.rng(k)``, ``minigen.seed(k)``) moves with it. For each
 (chapter, seed) this script executes the chapter in a fresh kernel with that seed (through
 ``run.run_chapter``) and records its status (``ok``, or the failing cell's error: an assert that
-does not hold at that seed) and the figures it passed to ``minigen.runtime.report``.
+does not hold at that seed) and the numbers it glued (``run.glued_figures``).
 
 Runs are kept in ``seeds.json`` (one record per chapter and seed; a new run of the same pair
 replaces the old one, other records stay), so chapters can be run a few at a time. ``seeds.md`` is

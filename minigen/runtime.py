@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import platform
 import random
@@ -10,7 +9,7 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["SEED_VARIABLE", "book_seed", "seed", "rng", "seed_all", "get_device", "setup", "keep_freed_memory", "progress_enabled", "report"]
+__all__ = ["SEED_VARIABLE", "book_seed", "seed", "rng", "seed_all", "get_device", "setup", "keep_freed_memory", "progress_enabled"]
 
 
 SEED_VARIABLE = "MINIGEN_SEED"
@@ -130,20 +129,3 @@ def progress_enabled() -> bool:
     if os.environ.get("MINIGEN_PROGRESS", "1").lower() in ("0", "false", "no"):
         return False
     return not os.environ.get("CI")
-
-
-def report(**figures: float | int | str) -> dict:
-    """Print a chapter's measured figures, one per line, and record them for ``benchmarks/``.
-
-    When the environment variable ``MINIGEN_REPORT`` names a file (the benchmark script sets it),
-    the figures are appended to it as one JSON line. Returns ``figures``.
-    """
-    width = max(len(k) for k in figures)
-    for name, value in figures.items():
-        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
-        print(f"{name:<{width}}  {shown}")
-    path = os.environ.get("MINIGEN_REPORT")
-    if path:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(figures) + "\n")
-    return figures

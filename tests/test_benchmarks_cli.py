@@ -101,3 +101,23 @@ def test_from_build_reads_cached_chapters_from_the_cache(tmp_path):
            f"{chapter}: Using cached notebook: ID={record.pk} [mystnb]\n"
            f"/x/book/other.md: Executed notebook in 3.25 seconds [mystnb]\n")
     assert run._cached_seconds(log) == {chapter.stem: 12.5}
+
+
+def test_glued_numbers_are_the_figures():
+    """A chapter hands its figures to ``benchmarks/`` with ``myst_nb.glue(..., display=False)``:
+    numbers are figures, glued text (quoted for the prose) is not, and a name glued twice fails."""
+    import nbclient
+    import nbformat
+
+    run = load_run()
+    source = ("from myst_nb import glue\n"
+              "glue('ratio', 1.2345678901, display=False)\n"
+              "glue('steps', 40, display=False)\n"
+              "glue('ratio_text', f'{1.2345678901:.2f}', display=False)\n")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
+    nbclient.NotebookClient(nb, timeout=60, kernel_name="python3").execute()
+    assert run.glued_figures(nb) == {"ratio": 1.2345678901, "steps": 40.0}
+    nb.cells.append(nbformat.v4.new_code_cell("glue('steps', 41, display=False)"))
+    nbclient.NotebookClient(nb, timeout=60, kernel_name="python3").execute()
+    with pytest.raises(ValueError, match="'steps' is glued twice"):
+        run.glued_figures(nb)

@@ -1,5 +1,4 @@
-"""Seeding, device selection and the figures report."""
-import json
+"""Seeding, device selection, progress bars and the allocator setting."""
 
 import torch
 
@@ -29,14 +28,6 @@ def test_setup_seeds_torch_numpy_and_python_and_limits_threads(monkeypatch):
     for cuda, expected in ((True, "cuda"), (False, "cpu")):
         monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
         assert minigen.setup(seed=0).type == expected == minigen.get_device().type
-
-
-def test_report_prints_and_records(tmp_path, monkeypatch, capsys):
-    path = tmp_path / "figures.jsonl"
-    monkeypatch.setenv("MINIGEN_REPORT", str(path))
-    minigen.runtime.report(ratio=1.23456, steps=10)
-    assert "ratio  1.235" in capsys.readouterr().out
-    assert json.loads(path.read_text()) == {"ratio": 1.23456, "steps": 10}
 
 
 def test_progress_can_be_switched_off(monkeypatch):
