@@ -189,15 +189,25 @@ def test_ode_log_prob_hutchinson_is_unbiased():
     assert_close(lp.mean(), p.log_prob(x).mean(), atol=0.03, rtol=0)
 
 
-def test_score_net_is_minus_eps_over_sigma():
-    sde = df.VPSDE()
+def test_score_net_with_a_zero_network_is_the_exact_gaussian_score():
+    """With F = 0 the preconditioned network is exact for data N(0, sigma_data^2 I): under VP,
+    x_t ~ N(0, (a^2 sigma_data^2 + s^2) I), whose score is -x / (a^2 sigma_data^2 + s^2)."""
+    sde, sigma_data = df.VPSDE(), 0.7
     torch.manual_seed(0)
-    net = df.ScoreNet(sde, 2, hidden=16, depth=2).double()
-    x, t = torch.randn(5, 2, dtype=torch.float64), torch.rand(5, dtype=torch.float64)
-    assert_close(net(x, t), -net.eps(x, t) / sde.sigma(t)[:, None])
-    loss = df.diffusion_loss(net, x)
-    loss.backward()
-    assert all(p.grad is not None for p in net.parameters())
+    net = df.ScoreNet(sde, 2, sigma_data=sigma_data, hidden=16, depth=2).double()
+    for p in net.net.parameters():
+        torch.nn.init.zeros_(p)
+    x, t = torch.randn(5, 2, dtype=torch.float64), torch.rand(5, dtype=torch.float64) * 0.98 + 0.01
+    var = sde.alpha(t) ** 2 * sigma_data**2 + sde.sigma(t) ** 2  # (5,)
+    assert_close(net(x, t), -x / var[:, None])
+    assert_close(net.eps(x, t), sde.sigma(t)[:, None] * x / var[:, None])
+
+
+def test_diffusion_loss_reaches_every_parameter():
+    torch.manual_seed(0)
+    net = df.ScoreNet(df.VPSDE(), 2, hidden=16, depth=2).double()
+    df.diffusion_loss(net, torch.randn(64, 2, dtype=torch.float64)).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
 
 
 class _ExactEps(torch.nn.Module):

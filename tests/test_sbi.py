@@ -152,11 +152,22 @@ def test_log_ratio_and_score_of_the_exact_ratio_match_the_latent_averages():
     assert_close(dw, score.detach().sum())
 
 
-def test_sally_loss_is_the_mean_squared_score_error():
-    net = nn.Linear(1, 1).double()
-    x = torch.randn(50, 1, dtype=torch.float64)
-    batch = {"x": x, "t_joint": torch.zeros(50, dtype=torch.float64)}
-    assert_close(sbi.sally_loss(net, batch), net(x).pow(2).mean())
+def test_sally_loss_is_noise_plus_squared_bias_and_minimal_at_the_conditional_mean():
+    """With t = 2 x + noise (sd 0.5), the loss of t_hat(x) = w x is 0.25 + (w - 2)^2 E[x^2]:
+    the conditional mean (w = 2) minimises it, with zero gradient there."""
+    g = gen()
+    x = torch.randn(200_000, 1, generator=g, dtype=torch.float64)
+    batch = {"x": x, "t_joint": 2 * x[:, 0] + 0.5 * torch.randn(200_000, generator=g, dtype=torch.float64)}
+    for w, expected in ((2.0, 0.25), (2.5, 0.25 + 0.25), (1.0, 0.25 + 1.0)):
+        net = nn.Linear(1, 1, bias=False).double()
+        nn.init.constant_(net.weight, w)
+        loss = sbi.sally_loss(net, batch)
+        assert abs(loss.item() - expected) < 0.01, (w, loss.item())
+        loss.backward()
+        if w == 2.0:
+            assert abs(net.weight.grad.item()) < 0.01
+        else:  # the gradient points back towards w = 2
+            assert net.weight.grad.item() * (w - 2.0) > 0
 
 
 def test_ratio_net_with_reference_vanishes_at_the_reference():
