@@ -254,7 +254,9 @@ class Surrogate(Simulator, Model):
     :math:`S_\psi` lower triangular with a positive diagonal, :math:`\mathrm{sg}` a stop-gradient
     (:eq:`eq-sur-gauss`): the mean network learns by least squares (the conditional mean), the
     factor network the covariance of the residuals by likelihood. Both MLPs see :math:`\theta`
-    ``(n, dim_theta)`` rescaled from the box to :math:`[-1, 1]` and work on standardised data
+    ``(n, dim_theta)`` rescaled from the box to :math:`[-1, 1]`, with ``log_theta=True`` in log
+    coordinates, :math:`u = 2 (\log\theta - \log l) / (\log h - \log l) - 1` (a box of positive
+    parameters only; chapter 9b), and work on standardised data
     (``x_mean``, ``x_scale`` ``(dim_x,)``, set by :func:`fit_surrogate`); the diagonal of
     :math:`S_\psi` is the exponential of a network output plus ``min_scale``.
     A :class:`minigen.simulators.Simulator` (same box; ``surrogate(theta)`` draws ``(n, dim_x)``,
