@@ -324,3 +324,82 @@ def test_estimate_source_through_a_surrogate_trains_the_source_only(linear_surro
 def test_fit_surrogate_rejects_a_plain_function():
     with pytest.raises(ValueError, match="need a minigen.simulators.Simulator"):
         sourcerer.fit_surrogate(lambda theta: theta, 100)
+
+
+class PositiveLinearGaussian(LinearGaussian):
+    """The linear Gaussian simulator on a box of positive parameters (for inputs in log theta)."""
+
+    low, high = torch.tensor([0.1, 0.2]), torch.tensor([2.0, 3.0])
+
+
+def test_log_theta_maps_the_box_to_the_unit_square_in_log_coordinates():
+    surrogate = sourcerer.Surrogate(PositiveLinearGaussian(), hidden=8, depth=1, log_theta=True)
+    seen = []
+    surrogate.mean_net.register_forward_pre_hook(lambda net, args: seen.append(args[0]))  # the input u
+    low, high = PositiveLinearGaussian.low, PositiveLinearGaussian.high
+    surrogate.moments(torch.stack([low, high, (low * high).sqrt()]))  # corners and geometric centre
+    assert_close(seen[0], torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0]]), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="log_theta needs a box of positive parameters"):
+        sourcerer.Surrogate(LinearGaussian(), log_theta=True)
+
+
+@pytest.fixture(scope="module")
+def linear_ensemble():
+    torch.manual_seed(0)
+    return sourcerer.fit_ensemble(LinearGaussian(), 500, 3, gen(), hidden=8, depth=1, n_steps=50,
+                                  progress=False)
+
+
+def test_ensemble_members_differ_and_its_moments_are_the_mixtures(linear_ensemble):
+    ensemble, results = linear_ensemble
+    assert len(results) == 3 and all(r.losses.shape == (50, 1) for r in results)
+    theta = torch.tensor([[0.3, -0.4]])
+    means = torch.stack([m.moments(theta)[0][0] for m in ensemble.members])  # (3, 3)
+    assert (means[0] - means[1]).abs().max() > 1e-3 and (means[1] - means[2]).abs().max() > 1e-3
+    mean, cov = ensemble.moments(theta)
+    draws = ensemble(theta.expand(200_000, 2), gen(3))  # (200000, 3): member drawn per row
+    assert_close(draws.mean(0), mean[0], atol=0.01, rtol=0)
+    assert_close(torch.cov(draws.T), cov[0], atol=0.01, rtol=0.03)
+    per_member = torch.stack([m.moments(theta)[1][0] for m in ensemble.members])  # (3, 3, 3)
+    assert (cov[0].diagonal() > per_member.mean(0).diagonal()).all()  # the spread of the means adds
+
+
+def test_ensemble_is_differentiable_in_theta_and_frozen(linear_ensemble):
+    ensemble, _ = linear_ensemble
+    assert not any(p.requires_grad for p in ensemble.parameters())
+    theta = torch.tensor([[0.2, -0.3], [-0.5, 0.4]], requires_grad=True)
+    (grad,) = torch.autograd.grad(ensemble(theta, gen(1)).sum(), theta)
+    assert torch.isfinite(grad).all() and grad.abs().min() > 0
+    with pytest.raises(ValueError, match="n_members >= 2"):
+        sourcerer.fit_ensemble(LinearGaussian(), 100, 1)
+
+
+def test_proposal_sample_mixes_the_source_with_the_box():
+    torch.manual_seed(0)
+    source = sourcerer.BoxSampler(torch.tensor([0.0, 0.0]), torch.tensor([1.0, 4.0]), hidden=8, depth=1)
+    with torch.no_grad():
+        assert torch.equal(sourcerer.proposal_sample(source, 100, 0.0, gen(5)), source.sample(100, gen(5)))
+    theta = sourcerer.proposal_sample(source, 20_000, 0.25, gen(6))  # (20000, 2)
+    assert theta.shape == (20_000, 2) and not theta.requires_grad
+    box = theta[15_000:]  # the last quarter: uniform on [0, 1] x [0, 4]
+    assert_close(box.mean(0), torch.tensor([0.5, 2.0]), atol=0.03, rtol=0)
+    assert_close(box.var(0), torch.tensor([1 / 12, 16 / 12]), atol=0.03, rtol=0)
+    with pytest.raises(ValueError, match="box_fraction"):
+        sourcerer.proposal_sample(source, 10, 1.5)
+
+
+def test_refine_surrogate_adds_the_new_simulations_and_trains_on_all(linear_surrogate):
+    surrogate, _ = linear_surrogate
+    surrogate = __import__("copy").deepcopy(surrogate)
+    before = [p.clone() for p in surrogate.parameters()]
+    assert surrogate.pairs.shape == (4000, 5)
+    theta = torch.full((300, 2), 0.5)
+    result = sourcerer.refine_surrogate(surrogate, LinearGaussian(), theta, gen(9), n_steps=20,
+                                        progress=False)
+    assert surrogate.pairs.shape == (4300, 5) and result.losses.shape == (20, 1)
+    assert torch.equal(surrogate.pairs[4000:, :2], theta)
+    assert_close(surrogate.pairs[4000:, 2:], LinearGaussian()(theta, gen(9)))  # simulated there
+    assert all(not torch.equal(p, q) for p, q in zip(before, surrogate.parameters()))
+    assert not any(p.requires_grad for p in surrogate.parameters())
+    with pytest.raises(ValueError, match=r"theta must be \(n, 2\)"):
+        sourcerer.refine_surrogate(surrogate, LinearGaussian(), torch.zeros(5, 3))
