@@ -319,7 +319,8 @@ class MMDGenerator(Model):
         super().__init__()
         self.dim, self.latent_dim, self.kernel = dim, latent_dim or dim, kernel
         self.net = net if net is not None else mlp(self.latent_dim, dim, hidden, depth)
-        self.recipe = {**dict(n_steps=3_000, batch_size=256, lr=2e-3, schedule="cosine"), **(recipe or {})}
+        self.recipe = {**dict(n_steps=12_000 if dim == 1 else 6_000, batch_size=256, lr=1e-2, schedule="cosine"),
+                       **(recipe or {})}
 
     def loss(self, y: Tensor) -> Tensor:
         return generator_loss(self.net, self._check_batch(y, "y"), self.kernel, self.latent_dim)
