@@ -66,6 +66,8 @@ VARIANTS = {
         recipe=dict(n_steps=15_000 if d == 1 else 7_500))),
     "MMD generator, batch 512": ("MMD generator", lambda d: mmd.MMDGenerator(
         d, recipe=dict(batch_size=512, n_steps=6_000 if d == 1 else 3_000))),
+    "MMD generator, lr 1e-2, 4x steps": ("MMD generator", lambda d: mmd.MMDGenerator(
+        d, recipe=dict(lr=1e-2, n_steps=12_000 if d == 1 else 6_000))),
     "WGAN, 2.5x steps, cosine": ("WGAN", lambda d: gan.GAN(
         d, recipe=dict(n_steps=5_000, schedule="cosine"))),
     "WGAN, 5 critic steps": ("WGAN", lambda d: gan.GAN(
