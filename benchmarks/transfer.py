@@ -74,6 +74,9 @@ VARIANTS = {
     "WGAN, depth 3, 2x lr, 4 critic steps, cosine": ("WGAN", lambda d: gan.GAN(
         d, depth=3, n_critic=4, recipe=dict(n_steps=2_500, schedule="cosine",
                                             lr={"generator": 2e-3, "critic": 4e-3}))),
+    "WGAN, depth 3, 2x lr, 3 critic steps, cosine": ("WGAN", lambda d: gan.GAN(
+        d, depth=3, n_critic=3, recipe=dict(n_steps=3_000, schedule="cosine",
+                                            lr={"generator": 2e-3, "critic": 4e-3}))),
     "WGAN, 2.5x steps, cosine": ("WGAN", lambda d: gan.GAN(
         d, recipe=dict(n_steps=5_000, schedule="cosine"))),
     "WGAN, 5 critic steps": ("WGAN", lambda d: gan.GAN(
