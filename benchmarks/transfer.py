@@ -79,6 +79,9 @@ VARIANTS = {
                                             lr={"generator": 2e-3, "critic": 4e-3}))),
     "WGAN, 8 critic steps, cosine": ("WGAN", lambda d: gan.GAN(
         d, n_critic=8, recipe=dict(n_steps=2_000, schedule="cosine"))),
+    "WGAN, depth 3, 2x lr, 6 critic steps, cosine": ("WGAN", lambda d: gan.GAN(
+        d, depth=3, n_critic=6, recipe=dict(n_steps=2_000, schedule="cosine",
+                                            lr={"generator": 2e-3, "critic": 4e-3}))),
     "WGAN, 2.5x steps, cosine": ("WGAN", lambda d: gan.GAN(
         d, recipe=dict(n_steps=5_000, schedule="cosine"))),
     "WGAN, 5 critic steps": ("WGAN", lambda d: gan.GAN(
