@@ -66,6 +66,22 @@ VARIANTS = {
         recipe=dict(n_steps=15_000 if d == 1 else 7_500))),
     "MMD generator, batch 512": ("MMD generator", lambda d: mmd.MMDGenerator(
         d, recipe=dict(batch_size=512, n_steps=6_000 if d == 1 else 3_000))),
+    "MMD generator, lr 1e-2, 4x steps": ("MMD generator", lambda d: mmd.MMDGenerator(
+        d, recipe=dict(lr=1e-2, n_steps=12_000 if d == 1 else 6_000))),
+    "WGAN, depth 3, 2x lr, 4,000 steps, cosine": ("WGAN", lambda d: gan.GAN(
+        d, depth=3, recipe=dict(n_steps=4_000, schedule="cosine",
+                                lr={"generator": 2e-3, "critic": 4e-3}))),
+    "WGAN, depth 3, 2x lr, 4 critic steps, cosine": ("WGAN", lambda d: gan.GAN(
+        d, depth=3, n_critic=4, recipe=dict(n_steps=2_500, schedule="cosine",
+                                            lr={"generator": 2e-3, "critic": 4e-3}))),
+    "WGAN, depth 3, 2x lr, 3 critic steps, cosine": ("WGAN", lambda d: gan.GAN(
+        d, depth=3, n_critic=3, recipe=dict(n_steps=3_000, schedule="cosine",
+                                            lr={"generator": 2e-3, "critic": 4e-3}))),
+    "WGAN, 8 critic steps, cosine": ("WGAN", lambda d: gan.GAN(
+        d, n_critic=8, recipe=dict(n_steps=2_000, schedule="cosine"))),
+    "WGAN, depth 3, 2x lr, 6 critic steps, cosine": ("WGAN", lambda d: gan.GAN(
+        d, depth=3, n_critic=6, recipe=dict(n_steps=2_000, schedule="cosine",
+                                            lr={"generator": 2e-3, "critic": 4e-3}))),
     "WGAN, 2.5x steps, cosine": ("WGAN", lambda d: gan.GAN(
         d, recipe=dict(n_steps=5_000, schedule="cosine"))),
     "WGAN, 5 critic steps": ("WGAN", lambda d: gan.GAN(
